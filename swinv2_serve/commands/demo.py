@@ -1,0 +1,15 @@
+"""`swinv2-serve demo` (being built: see the open issues)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import SwinV2ServeError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise SwinV2ServeError("'demo' is not available in this build yet")

@@ -8,20 +8,21 @@ complete, reasonably sized image becomes an ``ImageDecodeError`` that says why.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from .errors import ImageDecodeError
 
-ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 MAX_IMAGE_PIXELS = 64_000_000  # ~8000 x 8000: beyond that we refuse to decode (decompression bombs)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -62,10 +63,8 @@ def _decode(data: bytes, what: str) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB. Transparency is composited onto white; EXIF orientation is applied."""
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block should not lose the image
         image = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a broken EXIF block should not lose the image
-        pass
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -106,7 +105,7 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
         raise ImageDecodeError(f"array images must be HxW or HxWxC with C in (1, 3, 4), got shape {array.shape}")
     if array.dtype != np.uint8:
-        if np.issubdtype(array.dtype, np.floating) and array.size and 0.0 <= array.min() and array.max() <= 1.0:
+        if np.issubdtype(array.dtype, np.floating) and array.size and array.min() >= 0.0 and array.max() <= 1.0:
             array = (array * 255.0).round()
         array = array.clip(0, 255).astype(np.uint8)
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[array.shape[2]]

@@ -1,0 +1,48 @@
+"""Triton python-backend model NAME_preprocess: encoded image bytes -> float32 [3, H, W].
+
+Written into generated repositories by ``swinv2_serve.repository``. It uses the package's single
+preprocessing path (``swinv2_serve.preprocess``) with the parameters of the model's own ONNX metadata,
+which the repository writer stored in this model's config ``parameters`` under ``swinv2_serve``.
+A request whose bytes are not a usable image gets an error response of its own; the others proceed.
+"""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from swinv2_serve.errors import ImageDecodeError
+from swinv2_serve.preprocess import Preprocess
+
+METADATA_KEY = "swinv2_serve"
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        parameter = config.get("parameters", {}).get(METADATA_KEY)
+        if not parameter:
+            raise pb_utils.TritonModelException(f"config.pbtxt has no '{METADATA_KEY}' parameter: regenerate it")
+        self.preprocess = Preprocess.from_metadata(json.loads(parameter["string_value"]))
+        self.output_name = config["output"][0]["name"]
+
+    def _one(self, request):
+        images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+        arrays = []
+        for i, data in enumerate(images):
+            raw = data if isinstance(data, bytes) else bytes(data)
+            try:
+                arrays.append(self.preprocess(raw))
+            except ImageDecodeError as exc:
+                raise ImageDecodeError(f"image {i} of {len(images)}: {exc}") from None
+        batch = np.stack(arrays) if arrays else np.zeros((0, 3, *self.preprocess.img_size), np.float32)
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except ImageDecodeError as exc:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+        return responses

@@ -1,0 +1,354 @@
+"""Write a Triton model repository for an exported SwinV2: tensor model, preprocessing model, ensemble.
+
+Layout (dims exclude the batch axis; names match the embedded server, so one client fits both)::
+
+    DIR/NAME/config.pbtxt            onnxruntime_onnx (GPU with the TensorRT accelerator, or CPU) or tensorrt_plan
+    DIR/NAME/labels.txt              one class name per line; `label_filename` on logits/probs
+    DIR/NAME/1/model.onnx|model.plan
+    DIR/NAME_preprocess/config.pbtxt python backend: image BYTES [1] -> input FP32 [3, H, W]
+    DIR/NAME_preprocess/1/model.py   swinv2_serve.preprocess with the model's own metadata (config parameters)
+    DIR/NAME_image/config.pbtxt      ensemble: image -> NAME_preprocess -> NAME -> logits, probs
+    DIR/NAME_image/1/                (empty: ensembles need a version directory)
+
+Configs are built as Triton's own ``ModelConfig`` protobuf messages, so every file parses under its schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from .errors import SwinV2ServeError
+from .labels import labels_for, labels_text
+from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, read_onnx_metadata
+
+IMAGE_INPUT = "image"
+LABELS_FILE = "labels.txt"
+PREPROCESS_SUFFIX = "_preprocess"
+ENSEMBLE_SUFFIX = "_image"
+PREPROCESS_TEMPLATE = "triton_preprocess_model.py"  # in swinv2_serve/data, copied to NAME_preprocess/1/model.py
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """Dynamic batching and instances shared by the repository writer and the embedded server."""
+
+    max_batch: int = 32
+    max_queue_delay_us: int = 2000
+    preferred_batch_sizes: tuple[int, ...] | None = None  # None: powers of two up to max_batch, from 4
+    instances: int = 1
+    preprocess_instances: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise SwinV2ServeError(f"max batch must be >= 1, got {self.max_batch}")
+        if self.instances < 1 or self.preprocess_instances < 1:
+            raise SwinV2ServeError("instance counts must be >= 1")
+
+    @property
+    def preferred(self) -> list[int]:
+        if self.preferred_batch_sizes is not None:
+            return [b for b in self.preferred_batch_sizes if 1 <= b <= self.max_batch]
+        sizes, b = [], 4
+        while b <= self.max_batch:
+            sizes.append(b)
+            b *= 2
+        return sizes
+
+
+@dataclass
+class Repository:
+    """What ``write_repository`` produced."""
+
+    root: Path
+    name: str
+    configs: dict[str, Path] = field(default_factory=dict)  # model name -> config.pbtxt
+    max_batch: int = 0
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.configs)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def model_names(name: str) -> tuple[str, str, str]:
+    """(tensor model, preprocessing model, ensemble) names for NAME."""
+    return name, f"{name}{PREPROCESS_SUFFIX}", f"{name}{ENSEMBLE_SUFFIX}"
+
+
+def input_dims(metadata: Mapping[str, Any]) -> list[int]:
+    size = metadata["img_size"]
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return [3, h, w]
+
+
+def metadata_parameter(metadata: Mapping[str, Any], labels: Sequence[str]) -> str:
+    """The ``swinv2_serve`` config parameter: the ONNX metadata with the served labels filled in."""
+    return json.dumps({**metadata, "labels": list(labels)}, separators=(",", ":"))
+
+
+def set_parameter(config: mc.ModelConfig, key: str, value: str) -> None:
+    config.parameters[key].string_value = value
+
+
+def _fp32(name: str, dims: Sequence[int], label_filename: str | None = None) -> mc.ModelOutput:
+    out = mc.ModelOutput(name=name, data_type=mc.TYPE_FP32, dims=list(dims))
+    if label_filename:
+        out.label_filename = label_filename
+    return out
+
+
+def add_outputs(config: mc.ModelConfig, num_classes: int, *, with_labels: bool = True) -> None:
+    for name in OUTPUT_NAMES:
+        config.output.append(_fp32(name, [num_classes], LABELS_FILE if with_labels else None))
+
+
+def attach_labels(config: mc.ModelConfig) -> None:
+    """Point every class-score output at labels.txt (Triton's classification extension needs it)."""
+    for out in config.output:
+        if out.name in OUTPUT_NAMES:
+            out.label_filename = LABELS_FILE
+
+
+def set_dynamic_batching(config: mc.ModelConfig, batching: BatchingOptions) -> None:
+    config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size[:] = batching.preferred
+
+
+def to_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str) -> mc.ModelConfig:
+    """Parse config.pbtxt text under Triton's schema; a clear error on anything it rejects."""
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as exc:
+        raise SwinV2ServeError(f"invalid Triton model config: {exc}") from None
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+
+def tensor_config(
+    name: str,
+    metadata: Mapping[str, Any],
+    labels: Sequence[str],
+    *,
+    platform: str,
+    kind: str,
+    batching: BatchingOptions,
+) -> mc.ModelConfig:
+    """NAME: input FP32 [3, H, W] -> logits, probs [C] (onnxruntime_onnx or tensorrt_plan)."""
+    dims = input_dims(metadata)
+    config = mc.ModelConfig(name=name, platform=platform, max_batch_size=batching.max_batch)
+    config.input.append(mc.ModelInput(name=INPUT_NAME, data_type=mc.TYPE_FP32, dims=dims))
+    add_outputs(config, int(metadata["num_classes"]))
+    set_dynamic_batching(config, batching)
+    device = mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    config.instance_group.append(mc.ModelInstanceGroup(count=batching.instances, kind=device))
+    if platform == "onnxruntime_onnx" and kind == "gpu":
+        trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        trt.parameters["precision_mode"] = "FP16"
+        trt.parameters["max_workspace_size_bytes"] = str(1 << 30)
+        trt.parameters["trt_engine_cache_enable"] = "1"
+        trt.parameters["trt_engine_cache_path"] = "/tmp/triton_trt_cache"
+    for batch, how in ((1, "random_data"), (batching.max_batch, "zero_data")):
+        warm = config.model_warmup.add(name=f"{how}_batch{batch}", batch_size=batch, count=1)
+        warm_input = warm.inputs[INPUT_NAME]
+        warm_input.data_type = mc.TYPE_FP32
+        warm_input.dims[:] = dims
+        setattr(warm_input, how, True)
+    set_parameter(config, METADATA_KEY, metadata_parameter(metadata, labels))
+    return config
+
+
+def preprocess_config(
+    name: str, metadata: Mapping[str, Any], labels: Sequence[str], *, batching: BatchingOptions
+) -> mc.ModelConfig:
+    """NAME_preprocess: image BYTES [1] -> input FP32 [3, H, W] on CPU (python backend).
+
+    No dynamic batching on purpose: Triton then hands the model one request per execute, so a bad image
+    fails its own request and nothing else.
+    """
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=batching.max_batch)
+    config.input.append(mc.ModelInput(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
+    config.output.append(_fp32(INPUT_NAME, input_dims(metadata)))
+    config.instance_group.append(
+        mc.ModelInstanceGroup(count=batching.preprocess_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    )
+    set_parameter(config, METADATA_KEY, metadata_parameter(metadata, labels))
+    return config
+
+
+def ensemble_config(
+    name: str, tensor_model: str, preprocess_model: str, metadata: Mapping[str, Any], labels: Sequence[str],
+    *, max_batch: int,
+) -> mc.ModelConfig:
+    """NAME_image: image BYTES [1] -> NAME_preprocess -> NAME -> logits, probs [C] (labels attached)."""
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch)
+    config.input.append(mc.ModelInput(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
+    add_outputs(config, int(metadata["num_classes"]))
+    steps = config.ensemble_scheduling.step
+    pre = steps.add(model_name=preprocess_model, model_version=-1)
+    pre.input_map[IMAGE_INPUT] = IMAGE_INPUT
+    pre.output_map[INPUT_NAME] = "preprocessed"
+    net = steps.add(model_name=tensor_model, model_version=-1)
+    net.input_map[INPUT_NAME] = "preprocessed"
+    for out in OUTPUT_NAMES:
+        net.output_map[out] = out
+    set_parameter(config, METADATA_KEY, metadata_parameter(metadata, labels))
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- plan sidecar
+
+
+def read_plan_sidecar(plan: str | os.PathLike) -> dict[str, Any]:
+    """``<plan>.json`` written beside every engine by the TensorRT builder."""
+    sidecar = Path(f"{os.fspath(plan)}.json")
+    if not sidecar.is_file():
+        raise SwinV2ServeError(f"{sidecar} not found: TensorRT plans need the JSON sidecar their build wrote")
+    try:
+        return json.loads(sidecar.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SwinV2ServeError(f"{sidecar}: not valid JSON ({exc})") from None
+
+
+def _batch_of(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], int):
+        return int(value[0])
+    raise SwinV2ServeError(f"cannot read a batch size from engine profile entry {value!r}")
+
+
+def plan_batch_range(sidecar: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(min, opt, max) batch of the engine's optimisation profile.
+
+    Accepts ``profile: {min, opt, max}`` with batch sizes or full shapes, or the same per input name.
+    """
+    profile = sidecar.get("profile")
+    if isinstance(profile, Mapping) and "max" not in profile and INPUT_NAME in profile:
+        profile = profile[INPUT_NAME]
+    if not isinstance(profile, Mapping) or not {"min", "opt", "max"} <= set(profile):
+        raise SwinV2ServeError("plan sidecar has no 'profile' with min/opt/max: rebuild the engine with swinv2-serve")
+    return _batch_of(profile["min"]), _batch_of(profile["opt"]), _batch_of(profile["max"])
+
+
+def plan_metadata(sidecar: Mapping[str, Any]) -> dict[str, Any] | None:
+    for key in ("metadata", METADATA_KEY, "onnx_metadata"):
+        if isinstance(sidecar.get(key), Mapping):
+            return dict(sidecar[key])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- writer
+
+
+def write_repository(
+    output: str | os.PathLike,
+    name: str,
+    *,
+    onnx: str | os.PathLike | None = None,
+    plan: str | os.PathLike | None = None,
+    max_batch: int | None = None,
+    instances: int = 1,
+    kind: str = "gpu",
+    labels: Sequence[str] | None = None,
+    max_queue_delay_us: int = 2000,
+    preprocess_instances: int = 2,
+    overwrite: bool = True,
+) -> Repository:
+    """Write NAME, NAME_preprocess and NAME_image under ``output``; returns the config paths."""
+    if onnx is None and plan is None:
+        raise SwinV2ServeError("give --onnx (and optionally --plan): the repository needs a model")
+    if kind not in ("cpu", "gpu"):
+        raise SwinV2ServeError(f"--kind must be cpu or gpu, got {kind!r}")
+    if not name or any(c in name for c in "/\\ ") or name.startswith("."):
+        raise SwinV2ServeError(f"model name {name!r} must be a plain directory name (letters, digits, _ - .)")
+    for path in (onnx, plan):
+        if path is not None and not Path(path).is_file():
+            raise SwinV2ServeError(f"{path}: no such file")
+
+    metadata: dict[str, Any] | None = read_onnx_metadata(onnx) if onnx is not None else None
+    if plan is not None:
+        sidecar = read_plan_sidecar(plan)
+        _, _, engine_max = plan_batch_range(sidecar)
+        if max_batch is None:
+            max_batch = engine_max
+        elif max_batch > engine_max:
+            raise SwinV2ServeError(
+                f"--max-batch {max_batch} exceeds the engine's profile max {engine_max}: "
+                f"use --max-batch {engine_max} or rebuild the engine with a larger profile"
+            )
+        metadata = metadata or plan_metadata(sidecar)
+        if metadata is None:
+            raise SwinV2ServeError("the plan sidecar carries no model metadata: pass the engine's --onnx as well")
+        if kind == "cpu":
+            raise SwinV2ServeError("TensorRT plans run on GPUs only: drop --kind cpu or pass --onnx without --plan")
+    assert metadata is not None
+    batching = BatchingOptions(
+        max_batch=max_batch or 32, max_queue_delay_us=max_queue_delay_us, instances=instances,
+        preprocess_instances=preprocess_instances,
+    )
+    names = labels_for(metadata, labels)
+    tensor_name, pre_name, ens_name = model_names(name)
+    root = Path(output)
+    repo = Repository(root=root, name=name, max_batch=batching.max_batch)
+
+    for model in (tensor_name, pre_name, ens_name):
+        if (root / model).exists():
+            if not overwrite:
+                raise SwinV2ServeError(f"{root / model} exists; remove it or write to another --output")
+            shutil.rmtree(root / model)
+
+    # NAME: the network
+    tensor_dir = root / tensor_name
+    (tensor_dir / "1").mkdir(parents=True)
+    if plan is not None:
+        shutil.copyfile(plan, tensor_dir / "1" / "model.plan")
+        shutil.copyfile(f"{os.fspath(plan)}.json", tensor_dir / "1" / "model.plan.json")
+        platform = "tensorrt_plan"
+    else:
+        shutil.copyfile(onnx, tensor_dir / "1" / "model.onnx")  # type: ignore[arg-type]
+        platform = "onnxruntime_onnx"
+    config = tensor_config(tensor_name, metadata, names, platform=platform, kind=kind, batching=batching)
+    repo.configs[tensor_name] = _write(tensor_dir / "config.pbtxt", to_text(config))
+    _write(tensor_dir / LABELS_FILE, labels_text(names))
+
+    # NAME_preprocess: bytes -> tensor with the package's single preprocessing path
+    pre_dir = root / pre_name
+    config = preprocess_config(pre_name, metadata, names, batching=batching)
+    repo.configs[pre_name] = _write(pre_dir / "config.pbtxt", to_text(config))
+    _write(pre_dir / "1" / "model.py", preprocess_model_source())
+
+    # NAME_image: the ensemble
+    ens_dir = root / ens_name
+    (ens_dir / "1").mkdir(parents=True)
+    config = ensemble_config(ens_name, tensor_name, pre_name, metadata, names, max_batch=batching.max_batch)
+    repo.configs[ens_name] = _write(ens_dir / "config.pbtxt", to_text(config))
+    _write(ens_dir / LABELS_FILE, labels_text(names))
+    return repo
+
+
+def preprocess_model_source() -> str:
+    """The python-backend model.py of NAME_preprocess (a data file of this package)."""
+    return resources.files("swinv2_serve").joinpath("data", PREPROCESS_TEMPLATE).read_text(encoding="utf-8")

@@ -1,0 +1,131 @@
+"""Our deploy-form ONNX vs timm's standard ``torch.onnx.export``, same weights, side by side in one run.
+
+    python benchmarks/onnx_vs_timm.py --model swinv2_tiny_window8_256 --batch 1 8 --threads 2
+
+Both graphs run in ONNX Runtime (CPU) with the same session options; iterations are interleaved
+(ours, timm, ours, timm ...) so machine noise hits both alike. Prints node counts (as exported and
+after ORT's own optimisation), median/p90 latency, the ratio ours/timm and the logit difference.
+Needs timm (the `dev` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from swinv2_serve import create_model
+from swinv2_serve.onnx_export import export_onnx
+
+
+def export_timm_standard(name: str, state_dict: dict, img_size: tuple[int, int], path: Path, dynamo: bool) -> None:
+    """timm's model exported the way its users do: torch.onnx.export with a dynamic batch."""
+    import timm
+
+    model = timm.create_model(name, pretrained=False).eval()
+    model.load_state_dict(state_dict)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (torch.zeros(1, 3, *img_size),), str(path), dynamo=dynamo, opset_version=17,
+            input_names=["input"], output_names=["logits"],
+            **({"dynamic_shapes": ({0: torch.export.Dim("batch", max=256)},)} if dynamo
+               else {"dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}}),
+        )
+
+
+def session(path: Path, threads: int, optimized_path: Path | None = None):  # noqa: ANN201
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def node_count(path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="swinv2_tiny_window8_256")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=30, help="timed iterations at batch 1 (divided by the batch)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--timm-exporter", choices=["torchscript", "dynamo"], default="torchscript")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    model = create_model(args.model).eval()
+    with torch.no_grad():  # trained-like weights: move every parameter off its init
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    tmp = Path(tempfile.mkdtemp(prefix="swinv2_bench_"))
+    ours_path, timm_path = tmp / "ours.onnx", tmp / "timm.onnx"
+    t0 = time.perf_counter()
+    export_onnx(model, ours_path)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    export_timm_standard(args.model, model.state_dict(), model.cfg.img_size, timm_path, args.timm_exporter == "dynamo")
+    t_timm = time.perf_counter() - t0
+
+    sessions = {
+        "ours": session(ours_path, args.threads, tmp / "ours.opt.onnx"),
+        "timm": session(timm_path, args.threads, tmp / "timm.opt.onnx"),
+    }
+    result: dict = {
+        "model": args.model, "threads": args.threads, "timm_exporter": args.timm_exporter,
+        "nodes": {"ours": node_count(ours_path), "timm": node_count(timm_path)},
+        "nodes_after_ort": {"ours": node_count(tmp / "ours.opt.onnx"), "timm": node_count(tmp / "timm.opt.onnx")},
+        "export_seconds": {"ours": round(t_ours, 2), "timm": round(t_timm, 2)},
+        "size_mb": {k: round(p.stat().st_size / 2**20, 1) for k, p in (("ours", ours_path), ("timm", timm_path))},
+        "batches": {},
+    }
+    rng = np.random.default_rng(0)
+    for batch in args.batch:
+        x = rng.standard_normal((batch, 3, *model.cfg.img_size), dtype=np.float32)
+        outputs = {k: s.run(None, {"input": x})[0] for k, s in sessions.items()}
+        for _ in range(args.warmup):
+            for s in sessions.values():
+                s.run(None, {"input": x})
+        iters = max(5, args.iters // batch)
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(iters):
+            for k, s in sessions.items():
+                t = time.perf_counter()
+                s.run(None, {"input": x})
+                times[k].append((time.perf_counter() - t) * 1000)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        result["batches"][batch] = {
+            "median_ms": {k: round(v, 2) for k, v in med.items()},
+            "p90_ms": {k: round(float(np.percentile(v, 90)), 2) for k, v in times.items()},
+            "min_ms": {k: round(min(v), 2) for k, v in times.items()},
+            "ratio_ours_over_timm": round(med["ours"] / med["timm"], 3),
+            "max_abs_logit_diff": float(np.abs(outputs["ours"] - outputs["timm"]).max()),
+            "top1_agreement": float((outputs["ours"].argmax(1) == outputs["timm"].argmax(1)).mean()),
+            "iters": iters,
+        }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -784,16 +784,21 @@ def default_plan_path(onnx_path: str | os.PathLike, precision: str) -> Path:
     return onnx_path.with_name(f"{stem}.{precision}.plan")
 
 
-def build_from_args(
+def build_verified(
     onnx_path: str | os.PathLike,
-    args: argparse.Namespace,
+    plan_path: str | os.PathLike,
+    opts: TensorRTOptions,
     images: Sequence[str | os.PathLike] = (),
-    plan_path: str | os.PathLike | None = None,
+    *,
+    reference_onnx: str | os.PathLike | None = None,
 ) -> EngineInfo:
-    """Build, verify against ONNX Runtime, and only then write ``plan_path`` and its sidecar."""
-    opts = tensorrt_options_from_args(args)
+    """Build, verify against ONNX Runtime, and only then write ``plan_path`` and its sidecar.
+
+    ``reference_onnx`` (default: the ONNX built from) is what the engine is compared with; an fp16
+    engine compared with the fp32 ONNX measures its whole error against the real model.
+    """
     require_tensorrt()
-    final = Path(plan_path) if plan_path else default_plan_path(onnx_path, opts.precision)
+    final = Path(plan_path)
     partial = final.with_name(f".{final.name}.partial")
     try:
         info = build_engine(
@@ -802,10 +807,11 @@ def build_from_args(
             version_compatible=opts.version_compatible, hardware_compatible=opts.hardware_compatible,
             strongly_typed=opts.strongly_typed,
         )
-        result = verify_engine(partial, onnx_path, images)
+        reference = Path(reference_onnx or onnx_path)
+        result = verify_engine(partial, reference, images)
         check_verification(result, opts.tolerance, what=final.name)
-        info = EngineInfo(**{**info.__dict__, "plan": final.name, "verification": {**result, "tolerance": asdict(
-            opts.tolerance)}})
+        verification = {**result, "tolerance": asdict(opts.tolerance), "reference": reference.name}
+        info = EngineInfo(**{**info.__dict__, "plan": final.name, "verification": verification})
         os.replace(partial, final)
         write_sidecar(info, final)
         log.info("%s verified: max |diff| %.3g, top-1 agreement %.3f", final.name, result["max_abs_diff"],
@@ -815,3 +821,16 @@ def build_from_args(
         for leftover in (partial, sidecar_path(partial)):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def build_from_args(
+    onnx_path: str | os.PathLike,
+    args: argparse.Namespace,
+    images: Sequence[str | os.PathLike] = (),
+    plan_path: str | os.PathLike | None = None,
+) -> EngineInfo:
+    """``swinv2-serve export --format trt``: validate the options, build, verify, write (see ``build_verified``)."""
+    opts = tensorrt_options_from_args(args)
+    require_tensorrt()
+    plan_path = plan_path or default_plan_path(onnx_path, opts.precision)
+    return build_verified(onnx_path, plan_path, opts, images)

@@ -388,3 +388,69 @@ def test_engine_refuses_mismatched_sidecar(nano_onnx_pair, tmp_path) -> None:
     write_sidecar(EngineInfo(**{**info.__dict__, "gpu_name": "Some Other GPU"}), plan)
     with pytest.raises(EngineCompatibilityError, match="GPUs differ"):
         load(plan)
+
+
+# -- export recipe -------------------------------------------------------------------------------------------------
+def build_all_module():
+    import importlib.util
+    import sys
+
+    if "build_all" not in sys.modules:  # dataclasses look their module up in sys.modules
+        spec = importlib.util.spec_from_file_location("build_all", REPO / "export" / "build_all.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["build_all"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["build_all"]
+
+
+def test_recipe_targets_are_valid() -> None:
+    from swinv2_serve.config import list_models, resolve_config
+
+    recipe = build_all_module().load_recipe()
+    assert recipe.targets and len({t.name for t in recipe.targets}) == len(recipe.targets)
+    for target in recipe.targets:
+        assert target.model in list_models()
+        assert set(target.precisions) <= {"fp32", "fp16"}
+        assert 1 <= target.profile.min <= target.profile.opt <= target.profile.max
+        for r in target.resolutions:
+            cfg = resolve_config(target.model, img_size=r, window_size=target.windows.get(r))
+            assert cfg.img_size == (r, r) and r % 32 == 0
+            assert all(h % wh == 0 for (h, _), (wh, _) in zip(cfg.stage_resolutions, cfg.stage_windows)), (target, r)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('model = "swinv2_tiny_window8_256"\ncheckpoint = "random"\nresolutions = [256]', "missing 'name'"),
+        ('name = "a"\nmodel = "swinv2_tinyy"\ncheckpoint = "random"\nresolutions = [256]', "unknown model"),
+        ('name = "a"\nmodel = "swinv2_tiny_window8_256"\ncheckpoint = "random"\nresolutions = [250]',
+         "resolution 250 is not a multiple of 32"),
+        ('name = "a"\nmodel = "swinv2_tiny_window8_256"\ncheckpoint = "random"\nresolutions = [256]\n'
+         'windows = { "384" = 12 }', "windows names resolution 384"),
+        ('name = "a"\nmodel = "swinv2_tiny_window8_256"\ncheckpoint = "random"\nresolutions = [256]\n'
+         'precisions = ["int8"]', "precision 'int8' is not one of"),
+        ('name = "a"\nmodel = "swinv2_tiny_window8_256"\ncheckpoint = "random"\nresolutions = [256]\n'
+         "min_batch = 8\nmax_batch = 4", "max batch 4 is smaller than min batch 8"),
+        ('name = "A b"\nmodel = "swinv2_tiny_window8_256"\ncheckpoint = "random"\nresolutions = [256]',
+         "name must be lower-case"),
+        ('name = "a"\nmodel = "swinv2_tiny_window8_256"\ncheckpoint = "random"\nresolutions = [256]\nbatch = 3',
+         "unknown key 'batch'"),
+    ],
+)
+def test_recipe_errors(tmp_path, body, message) -> None:
+    path = tmp_path / "targets.toml"
+    path.write_text(f"[[target]]\n{body}\n")
+    with pytest.raises(SwinV2ServeError, match=message):
+        build_all_module().load_recipe(path)
+
+
+def test_build_all_dry_run_and_trt_refusal(tmp_path, capsys) -> None:
+    module = build_all_module()
+    assert module.main(["--dry-run", "--only", "nano_smoke", "--formats", "onnx", "trt"]) == 0
+    out = capsys.readouterr().out
+    assert "nano_smoke_64.onnx" in out and "nano_smoke_128.fp16.plan" in out
+    assert module.main(["--only", "nope"]) == 2
+    if TRT_REASON is not None:
+        assert module.main(["--only", "nano_smoke", "--formats", "onnx", "trt", "--root", str(tmp_path)]) == 2
+        assert "nvcr.io/nvidia/tensorrt" in capsys.readouterr().err
+        assert not list(tmp_path.iterdir())  # refused before any work

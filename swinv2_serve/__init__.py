@@ -20,6 +20,7 @@ _LAZY = {
     "to_deploy": ".deploy",
     "export_onnx": ".onnx_export",
     "Preprocess": ".preprocess",
+    "load": ".runtime",
 }
 
 __all__ = [

@@ -109,6 +109,7 @@ class DeployAttention(nn.Module):
         self.num_heads = attn.num_heads
         self.dim = attn.dim
         self.num_windows = num_windows
+        self.fp32_islands = False  # set by precision.to_half_with_fp32_islands
         window = attn.window
         n = window[0] * window[1]
         self.n = n
@@ -153,9 +154,15 @@ class DeployAttention(nn.Module):
         n, heads, dim = self.n, self.num_heads, self.dim
         qkv = self.qkv(x).reshape(-1, n, 3 * heads, dim // heads).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=1)  # (B*nW, heads, N, d) each
-        q = q * (self.q_scale / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(NORM_EPS))
-        k = k / torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(NORM_EPS)
-        attn = q @ k.transpose(-2, -1)
+        if self.fp32_islands:  # reduced precision: normalise, scale, bias and softmax in fp32
+            q, k = q.float(), k.float()
+            q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(NORM_EPS)
+            k = k / torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(NORM_EPS)
+            attn = (q.to(v.dtype) @ k.to(v.dtype).transpose(-2, -1)).float() * self.q_scale
+        else:  # fp32: fold the logit scale into the (N x d) query instead of the (N x N) scores
+            q = q * (self.q_scale / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(NORM_EPS))
+            k = k / torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(NORM_EPS)
+            attn = q @ k.transpose(-2, -1)
         if self.mode == "dense_masked" or self.mask_mode != "none":
             attn = attn.reshape(-1, self.num_windows, heads, n, n) + self.position_bias()
             if self.mask_mode == "dense":
@@ -167,7 +174,7 @@ class DeployAttention(nn.Module):
             attn = attn.reshape(-1, heads, n, n)
         else:
             attn = attn + self.position_bias()
-        attn = attn.softmax(dim=-1)
+        attn = attn.softmax(dim=-1).to(v.dtype)
         return self.proj((attn @ v).transpose(1, 2).reshape(-1, n, dim))
 
 

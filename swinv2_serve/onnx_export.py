@@ -27,6 +27,7 @@ from .model import SwinV2
 from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 
 FP32_ATOL = 1e-4
+FP16_RTOL = 2e-2  # of the largest |logit|
 
 
 @dataclass
@@ -178,7 +179,7 @@ def verify_onnx(
 
     runtime = OnnxRuntime(path)
     gen = torch.Generator().manual_seed(seed)
-    worst, agree, total = 0.0, 0, 0
+    worst, agree, total, scale = 0.0, 0, 0, 0.0
     for batch in batches:
         x = torch.randn(batch, 3, *runtime.input_shape[1:], generator=gen)
         with torch.no_grad():
@@ -187,9 +188,11 @@ def verify_onnx(
         if not np.isfinite(got).all():
             raise ExportError(f"{path}: ONNX Runtime produced NaN/Inf logits")
         worst = max(worst, float(np.abs(got - expected).max()))
+        scale = max(scale, float(np.abs(expected).max()))
         agree += int((got.argmax(1) == expected.argmax(1)).sum())
         total += batch
-    tolerance = atol if atol is not None else (None if fp16 else FP32_ATOL)
-    if tolerance is not None and worst > tolerance:
-        raise ExportError(f"{path}: ONNX Runtime logits differ from eager by {worst:.3g} > {tolerance:g}")
+    # FP32 must match eager; FP16 may drift by a small fraction of the logit range, never flip argmaxes wholesale
+    tolerance = atol if atol is not None else (FP16_RTOL * max(scale, 1.0) if fp16 else FP32_ATOL)
+    if worst > tolerance:
+        raise ExportError(f"{path}: ONNX Runtime logits differ from eager by {worst:.3g} > {tolerance:.3g}")
     return worst, agree / total

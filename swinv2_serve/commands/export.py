@@ -1,15 +1,158 @@
-"""`swinv2-serve export` (being built: see the open issues)."""
+"""`swinv2-serve export`: checkpoint -> deploy form -> ONNX (and TensorRT) per resolution, verified.
+
+    swinv2-serve export --model swinv2_tiny_window8_256 --checkpoint ms.pth --img-size 256 384 512 --output out/
+    swinv2-serve export --checkpoint runs/digits/checkpoint.pt --img-size 64 96 --output out/ --repository repo/
+
+Window per resolution: ``--window-size`` if given, else the model's own window at its own resolution
+and the window scaled with the image elsewhere (8 @ 256 -> 16 @ 512, i.e. img/32 for the window-8
+models), which keeps the window-to-feature-map ratio the model was trained with.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import SwinV2ServeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    src = parser.add_argument_group("model")
+    src.add_argument("--model", help="preset name (see `swinv2-serve models`); optional for our own checkpoints")
+    src.add_argument("--checkpoint", type=Path,
+                     help="weights: our own checkpoint, or MSRA / timm / Hugging Face with --model")
+    src.add_argument("--num-classes", type=int, help="class count of a foreign checkpoint (default: the preset's)")
+    out = parser.add_argument_group("export")
+    out.add_argument("--img-size", type=int, nargs="+", help="one export per resolution (default: the model's own)")
+    out.add_argument("--window-size", type=int, help="window for every resolution (default: scaled with the image)")
+    out.add_argument("--output", type=Path, required=True, help="directory for the .onnx / .plan files")
+    out.add_argument("--format", nargs="+", choices=["onnx", "trt"], default=["onnx"], help="artefacts to build")
+    out.add_argument("--onnx-fp16", action="store_true", help="also write an FP16 ONNX (FP32 islands) per resolution")
+    out.add_argument("--opset", type=int, default=17)
+    out.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs eager check")
+    out.add_argument("--images", type=Path, default=None,
+                     help="photos for engine verification (default ../shared/images when present)")
+    out.add_argument("--repository", type=Path, help="also write a Triton model repository here")
+    out.add_argument("--name", help="served model name in the repository (default: the model name)")
+    out.add_argument("--repository-kind", choices=["cpu", "gpu"], default="gpu")
+    from ..tensorrt_build import add_tensorrt_arguments
+
+    add_tensorrt_arguments(parser)
+
+
+def window_for(native_img: int, native_window: int, img: int) -> int:
+    """The window at ``img`` that keeps the trained window-to-image ratio (at least 1)."""
+    if img == native_img:
+        return native_window
+    return max(1, round(native_window * img / native_img))
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202
+    from ..checkpoint import load_checkpoint, load_model
+    from ..model import create_model
+
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise SwinV2ServeError(f"checkpoint {args.checkpoint} not found")
+    if args.model is None:
+        if args.checkpoint is None:
+            raise SwinV2ServeError("give --model NAME and/or --checkpoint PATH")
+        return load_model(args.checkpoint)
+    try:
+        model = create_model(args.model, num_classes=args.num_classes)
+    except ValueError as exc:
+        raise SwinV2ServeError(str(exc)) from None
+    if args.checkpoint is None:
+        print(f"note: no --checkpoint: exporting {args.model} with random weights (fine for benchmarks only)")
+    else:
+        load_checkpoint(model, args.checkpoint)
+    return model.eval()
+
+
+def _default_images(args: argparse.Namespace) -> list[Path]:
+    folder = args.images or Path(__file__).resolve().parents[2].parent / "shared" / "images"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"} and "bad" not in p.name)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SwinV2ServeError("'export' is not available in this build yet")
+    from tqdm import tqdm
+
+    from ..onnx_export import export_onnx
+
+    model = _load(args)
+    cfg = model.cfg
+    sizes = args.img_size or [cfg.img_size[0]]
+    native_img, native_window = cfg.img_size[0], cfg.window_size[0]
+    args.output.mkdir(parents=True, exist_ok=True)
+    want_trt = "trt" in args.format
+    trt_opts = None
+    if want_trt:
+        from ..tensorrt_build import require_tensorrt, tensorrt_options_from_args
+
+        trt_opts = tensorrt_options_from_args(args)  # argument errors before any slow work
+        require_tensorrt()
+    rows: list[dict] = []
+    artefacts: list[tuple[int, Path, Path | None]] = []
+    bar = tqdm(sizes, desc="export", unit="res")
+    for img in bar:
+        window = args.window_size or window_for(native_img, native_window, img)
+        stem = f"{cfg.name}_{img}"
+        bar.set_postfix_str(f"{img}px window {window}: ONNX")
+        kwargs = {} if (img == native_img and window == native_window) else {"img_size": img, "window_size": window}
+        try:
+            result = export_onnx(model, args.output / f"{stem}.onnx", opset=args.opset, verify=not args.no_verify,
+                                 **kwargs)
+        except ValueError as exc:
+            raise SwinV2ServeError(str(exc)) from None
+        rows.append({"file": result.path.name, **_row(result)})
+        fp16_path = None
+        if args.onnx_fp16 or (want_trt and args.precision == "fp16"):
+            bar.set_postfix_str(f"{img}px window {window}: FP16 ONNX")
+            half = export_onnx(model, args.output / f"{stem}_fp16.onnx", opset=args.opset, fp16=True,
+                               verify=not args.no_verify, **kwargs)
+            rows.append({"file": half.path.name, **_row(half)})
+            fp16_path = half.path
+        plan = None
+        if trt_opts is not None:
+            from ..tensorrt_build import build_verified
+
+            bar.set_postfix_str(f"{img}px window {window}: TensorRT {trt_opts.precision}")
+            source = fp16_path if (trt_opts.precision == "fp16" and fp16_path) else result.path
+            plan = args.output / f"{stem}.{trt_opts.precision}.plan"
+            # the engine is checked against the FP32 ONNX: its whole error against the real model
+            build_verified(source, plan, trt_opts, _default_images(args), reference_onnx=result.path)
+            rows.append({"file": plan.name, "nodes": "-", "size_mb": round(plan.stat().st_size / 2**20, 1)})
+        artefacts.append((img, result.path, plan))
+    _print_table(rows)
+    if args.repository is not None:
+        from ..repository import write_repository
+
+        name = args.name or cfg.name
+        for img, onnx_path, plan in artefacts:
+            served = name if len(artefacts) == 1 else f"{name}_{img}"
+            write_repository(args.repository, served, onnx=onnx_path, plan=plan, kind=args.repository_kind,
+                             max_batch=args.max_batch)
+            print(f"repository: {args.repository / served} (+ {served}_preprocess, {served}_image)")
+    return 0
+
+
+def _row(result) -> dict:  # noqa: ANN001 - ExportResult
+    return {
+        "window": "/".join(str(w) for w in result.window_sizes),
+        "nodes": result.nodes,
+        "size_mb": round(result.size_bytes / 2**20, 1),
+        "max_abs_diff": None if result.max_abs_diff is None else f"{result.max_abs_diff:.2e}",
+        "top1": result.top1_agreement,
+        "seconds": round(result.seconds, 1),
+    }
+
+
+def _print_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))

@@ -1,15 +1,51 @@
-"""`swinv2-serve serve` (being built: see the open issues)."""
+"""`swinv2-serve serve`: a real Triton Inference Server (embedded, via PyTriton) for NAME and NAME_image."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
-from ..errors import SwinV2ServeError
+from ..runtime import BACKENDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--onnx", metavar="PATH", help="exported model (.onnx, or a .plan/.pt with --backend)")
+    source.add_argument("--repository", metavar="DIR", help="a repository written by `swinv2-serve repository`")
+    parser.add_argument("--backend", choices=list(BACKENDS), help="runtime (default: from the file suffix)")
+    parser.add_argument("--precision", help="runtime precision where the backend has a choice (fp32, fp16, bf16)")
+    parser.add_argument("--name", default="swinv2", help="served model name (also NAME_image); default swinv2")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--max-batch", type=int, default=32, help="max batch of the dynamic batcher")
+    parser.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching wait (us)")
+    parser.add_argument("--threads", type=int, help="intra-op threads of the runtime (default: all cores)")
+    parser.add_argument("--preprocess-instances", type=int, default=2, help="parallel image decoders")
+    parser.add_argument("--log-file", help="tritonserver log file (default: the console)")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SwinV2ServeError("'serve' is not available in this build yet")
+    from ..server import ServerConfig, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("pytriton").setLevel(logging.WARNING)
+    options = {}
+    if args.threads:
+        options["threads"] = args.threads
+    if args.precision:
+        options["precision"] = args.precision
+    config = ServerConfig(
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
+        preprocess_instances=args.preprocess_instances, log_file=args.log_file,
+    )
+    server = serve(args.onnx, args.name, repository=args.repository, config=config, backend=args.backend,
+                   runtime_options=options)
+    server.start()
+    print(f"serving {args.name} and {args.name}_image: http {server.http_url}  grpc {server.grpc_url}  "
+          f"metrics {server.metrics_url}  (Ctrl+C to stop)", flush=True)
+    server.serve_forever()
+    print("stopped", flush=True)
+    return 0

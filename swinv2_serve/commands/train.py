@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ..errors import SwinV2ServeError
@@ -87,5 +88,6 @@ def run(args: argparse.Namespace) -> int:
         from ..train.finetune import run_finetune
 
         metrics = run_finetune(_config(args))
-    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the main rank reports
+        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=2))
     return 0

@@ -358,6 +358,15 @@ class _PreprocessFn:
         return responses
 
 
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM behave like Ctrl+C until ``serve_forever`` takes over, so a stop during start-up is clean."""
+
+    def _raise(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def serve(
     model_path: str | os.PathLike | None = None,
     name: str = "swinv2",

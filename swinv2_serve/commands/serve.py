@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..server import ServerConfig, serve
+    from ..server import ServerConfig, interrupt_on_sigterm, serve
+
+    interrupt_on_sigterm()
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("pytriton").setLevel(logging.WARNING)

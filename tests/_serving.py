@@ -1,0 +1,82 @@
+"""Helpers for the serving tests: a small exported model and free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+MODEL = "swinv2_nano_window4_64"
+
+
+def export_small_onnx(path: Path, seed: int = 0) -> Path:
+    """nano @ 64 px with perturbed weights (so predictions are not flat), exported with the package's exporter."""
+    import torch
+    from conftest import perturb_
+
+    from swinv2_serve import create_model
+
+    torch.manual_seed(seed)
+    model = perturb_(create_model(MODEL, num_classes=1000), scale=0.05, seed=seed).eval()
+    try:
+        from swinv2_serve.onnx_export import export_onnx
+    except ImportError:  # the exporter lands separately; the same contract, by hand
+        return _export_by_hand(model, path)
+    export_onnx(model, path)
+    return path
+
+
+def _export_by_hand(model, path: Path) -> Path:  # noqa: ANN001
+    import onnx
+    import torch
+
+    class WithProbs(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.inner(x)
+            return logits, logits.softmax(-1)
+
+    cfg = model.cfg
+    h, w = cfg.img_size
+    torch.onnx.export(
+        WithProbs(model), torch.randn(1, 3, h, w), str(path), input_names=["input"], output_names=["logits", "probs"],
+        dynamic_axes={n: {0: "batch"} for n in ("input", "logits", "probs")}, opset_version=17, dynamo=False,
+    )
+    proto = onnx.load(str(path))
+    meta = {"model": cfg.name, **cfg.preprocessing(), "window_sizes": [list(x) for x in cfg.stage_windows],
+            "pretrained_window_sizes": list(cfg.pretrained_window_sizes), "num_classes": cfg.num_classes,
+            "labels": None}
+    prop = proto.metadata_props.add()
+    prop.key, prop.value = "swinv2_serve", json.dumps(meta)
+    onnx.save(proto, str(path))
+    return path
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def decompression_bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A ~100-byte PNG whose header declares width x height pixels (10 gigapixels by default)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -220,7 +220,21 @@ def test_digits_demo_writes_its_files(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "metrics.json").read_text())["val_top1"] == metrics["val_top1"]
     assert sorted(p.name for p in (tmp_path / "holdout").iterdir()) == [str(d) for d in range(10)]
     assert len(list((tmp_path / "holdout").rglob("*.png"))) == 50
-    assert load_model(tmp_path / "checkpoint.pt").cfg.labels == tuple(str(d) for d in range(10))
+    model = load_model(tmp_path / "checkpoint.pt")
+    assert model.cfg.labels == tuple(str(d) for d in range(10))
+    # the trained checkpoint feeds the export chain: ONNX Runtime agrees with it on the held-out PNG files
+    ort = pytest.importorskip("onnxruntime")
+    from swinv2_serve import Preprocess, export_onnx
+
+    export_onnx(model, tmp_path / "digits.onnx")
+    files = sorted((tmp_path / "holdout").rglob("*.png"))[::5]
+    batch = Preprocess.from_config(model.cfg).batch(files)
+    session = ort.InferenceSession(str(tmp_path / "digits.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], {"input": batch})[0]
+    with torch.no_grad():
+        eager = model(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(onnx_logits, eager, atol=1e-4, rtol=1e-4)
+    assert (onnx_logits.argmax(1) == eager.argmax(1)).all()
 
 
 @pytest.mark.slow

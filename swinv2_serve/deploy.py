@@ -153,7 +153,7 @@ class DeployAttention(nn.Module):
         """x: (B * nW, N, C) in window order. Reshapes use constants (batch is -1): no shape arithmetic in the graph."""
         n, heads, dim = self.n, self.num_heads, self.dim
         qkv = self.qkv(x).reshape(-1, n, 3 * heads, dim // heads).transpose(1, 2)
-        q, k, v = qkv.chunk(3, dim=1)  # (B*nW, heads, N, d) each
+        q, k, v = qkv.split(heads, dim=1)  # (B*nW, heads, N, d) each; constant sizes export as one Split
         if self.fp32_islands:  # reduced precision: normalise, scale, bias and softmax in fp32
             q, k = q.float(), k.float()
             q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(NORM_EPS)

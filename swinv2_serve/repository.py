@@ -243,9 +243,10 @@ def _batch_of(value: Any) -> int:
 def plan_batch_range(sidecar: Mapping[str, Any]) -> tuple[int, int, int]:
     """(min, opt, max) batch of the engine's optimisation profile.
 
-    Accepts ``profile: {min, opt, max}`` with batch sizes or full shapes, or the same per input name.
+    Accepts ``batch_profile`` / ``profile: {min, opt, max}`` with batch sizes or full shapes, or the same
+    per input name.
     """
-    profile = sidecar.get("profile")
+    profile = sidecar.get("batch_profile", sidecar.get("profile"))
     if isinstance(profile, Mapping) and "max" not in profile and INPUT_NAME in profile:
         profile = profile[INPUT_NAME]
     if not isinstance(profile, Mapping) or not {"min", "opt", "max"} <= set(profile):
@@ -276,8 +277,13 @@ def write_repository(
     max_queue_delay_us: int = 2000,
     preprocess_instances: int = 2,
     overwrite: bool = True,
+    engine_at_start: bool = False,
 ) -> Repository:
-    """Write NAME, NAME_preprocess and NAME_image under ``output``; returns the config paths."""
+    """Write NAME, NAME_preprocess and NAME_image under ``output``; returns the config paths.
+
+    ``engine_at_start``: a ``tensorrt_plan`` config with ``NAME/model.onnx`` beside it and no plan yet; the
+    container's entrypoint builds ``1/model.plan`` on its own GPU at start (see docker/entrypoint.sh).
+    """
     if onnx is None and plan is None:
         raise SwinV2ServeError("give --onnx (and optionally --plan): the repository needs a model")
     if kind not in ("cpu", "gpu"):
@@ -323,7 +329,12 @@ def write_repository(
     # NAME: the network
     tensor_dir = root / tensor_name
     (tensor_dir / "1").mkdir(parents=True)
-    if plan is not None:
+    if engine_at_start:
+        if plan is not None or onnx is None or kind != "gpu":
+            raise SwinV2ServeError("--engine-at-start needs --onnx, no --plan, and --kind gpu")
+        shutil.copyfile(onnx, tensor_dir / "model.onnx")
+        platform = "tensorrt_plan"
+    elif plan is not None:
         shutil.copyfile(plan, tensor_dir / "1" / "model.plan")
         shutil.copyfile(f"{os.fspath(plan)}.json", tensor_dir / "1" / "model.plan.json")
         platform = "tensorrt_plan"

@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instances", type=int, default=1, help="instances of the network model")
     parser.add_argument("--kind", choices=["cpu", "gpu"], default="gpu",
                         help="gpu: KIND_GPU (+ TensorRT accelerator for ONNX); cpu: KIND_CPU onnxruntime")
+    parser.add_argument("--engine-at-start", action="store_true",
+                        help="tensorrt_plan config whose engine the container builds on its GPU at start")
     parser.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching wait (us)")
 
 
@@ -22,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     repo = write_repository(
         args.output, args.name, onnx=args.onnx, plan=args.plan, max_batch=args.max_batch, instances=args.instances,
-        kind=args.kind, max_queue_delay_us=args.max_queue_delay_us,
+        kind=args.kind, max_queue_delay_us=args.max_queue_delay_us, engine_at_start=args.engine_at_start,
     )
     for model, config in repo.configs.items():
         print(f"{model:<32} {config}")

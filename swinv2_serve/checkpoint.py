@@ -32,7 +32,6 @@ from .model import SwinV2
 FORMAT = "swinv2_serve"
 FORMAT_VERSION = 1
 SAFETENSORS_META_KEY = "swinv2_serve"  # safetensors metadata key holding the JSON description
-HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
 # Tensors the model derives itself; MSRA (and old HF) checkpoints save them, we drop them.
 DERIVED_BUFFERS = ("relative_coords_table", "relative_position_index", "attn_mask")
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema")
@@ -157,13 +156,15 @@ def _unwrap(obj: Any, use_ema: bool = False) -> StateDict:
 
 
 def detect_layout(state_dict: Mapping[str, Any]) -> str:
-    """``hf``, ``msra`` or ``timm`` from the key names of an unwrapped state dict."""
+    """``hf``, ``msra`` or ``timm`` from the key names of an unwrapped state dict.
+
+    Only MSRA (and timm < 0.9, which used its layout) has a downsample in stage 0 or a bare ``head.``;
+    derived buffers say nothing about the layout, so they are not used to tell.
+    """
     keys = list(state_dict)
     if any(k.startswith(("swinv2.", "embeddings.patch_embeddings", "encoder.layers.")) for k in keys):
         return "hf"
-    if any(k.startswith("layers.0.downsample.") or k.startswith("head.weight") for k in keys) or any(
-        k.endswith(DERIVED_BUFFERS) for k in keys
-    ):
+    if any(k.startswith(("layers.0.downsample.", "head.weight", "head.bias")) for k in keys):
         return "msra"
     return "timm"
 
@@ -430,6 +431,7 @@ def load_checkpoint(
     full = {k: (current[k] if (reset_head and k.startswith("head.")) or k in missing_head else converted[k])
             for k in current}
     model.load_state_dict(full, strict=True)
+    from_checkpoint = [k for k in full if not ((reset_head and k.startswith("head.")) or k in missing_head)]
     if own and not reset_head and not missing_head and raw.get("labels"):
         labels = tuple(raw["labels"])
         if len(labels) == model.num_classes:
@@ -437,7 +439,7 @@ def load_checkpoint(
     head_dropped = [origin.get(k, k) for k in converted if k.startswith("head.")] if reset_head else []
     return LoadReport(
         layout=layout,
-        loaded=len(full) - len(missing_head) - (len(HEAD_KEYS) if reset_head else 0),
+        loaded=len(from_checkpoint),
         converted={k: v for k, v in origin.items() if k in full},
         ignored=dropped + ignored + head_dropped,
         missing=missing_head,

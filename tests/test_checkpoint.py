@@ -139,6 +139,15 @@ def test_layout_round_trip(layout: str, source, image, tmp_path: Path) -> None:
         assert report.converted["layers.0.blocks.1.attn.qkv.weight"].endswith("{query,key,value}.weight")
 
 
+def test_derived_buffers_do_not_decide_the_layout(source) -> None:
+    """A timm-layout dict that also carries the derived buffers is still timm (no downsample shifting)."""
+    sd = {**source.state_dict(), **{k: v for k, v in source.named_buffers() if k.endswith(DERIVED)}}
+    model = poisoned(pico())
+    report = load_checkpoint(model, sd)
+    assert report.layout == "timm" and any(k.endswith("attn_mask") for k in report.ignored)
+    assert_same_weights(model, source)
+
+
 def test_hf_test_converter_matches_transformers(source, image) -> None:
     """``timm_to_hf`` is only useful if transformers itself accepts its output and computes the same logits."""
     transformers = pytest.importorskip("transformers")
@@ -272,6 +281,7 @@ def test_wrong_class_count_then_new_head(source) -> None:
 
     report = load_checkpoint(model, timm_to_msra(source), new_head=True)
     assert report.new_head and set(report.ignored) >= {"head.weight", "head.bias"}
+    assert report.loaded == len(model.state_dict()) - 2
     assert_same_weights(model, source, skip=("head.",))
     assert model.head.fc.weight.shape == (5, 128) and torch.isfinite(model.head.fc.weight).all()
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -173,34 +172,28 @@ class Classifier:
         extra = {"binary_data": True} if self.protocol == "http" else {}
         return [self._lib.InferRequestedOutput(n, class_count=class_count, **extra) for n in names]
 
-    def _submit(self, batch: np.ndarray, class_count: int) -> Future:
-        future: Future = Future()
+    def _submit(self, batch: np.ndarray, class_count: int) -> Any:
+        """Send one request without waiting; the returned handle's ``result(timeout)`` waits for it."""
         inputs, outputs = self._inputs(batch), self._outputs(class_count)
-        if self.protocol == "http":
+        if self.protocol == "http":  # gevent pool of `concurrency` connections; results read on this thread
             request = self._client.async_infer(self.target, inputs, outputs=outputs, timeout=int(self.timeout * 1e6))
+            return _HttpPending(request)
+        future: Future = Future()
 
-            def _wait() -> None:
-                try:
-                    future.set_result(request.get_result(timeout=self.timeout))
-                except Exception as exc:  # noqa: BLE001
-                    future.set_exception(exc)
+        def _done(result: Any, error: Exception | None) -> None:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
 
-            threading.Thread(target=_wait, daemon=True).start()
-        else:
-            def _done(result: Any, error: Exception | None) -> None:
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
-
-            self._client.async_infer(self.target, inputs, _done, outputs=outputs, client_timeout=self.timeout)
+        self._client.async_infer(self.target, inputs, _done, outputs=outputs, client_timeout=self.timeout)
         return future
 
     def _run(self, batch: np.ndarray, class_count: int = 0) -> list[Any]:
         """Split to max_batch, keep at most `concurrency` requests in flight, results in order."""
         chunks = [batch[i : i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
         results: list[Any] = [None] * len(chunks)
-        pending: list[tuple[int, Future]] = []
+        pending: list[tuple[int, Any]] = []
         for i, chunk in enumerate(chunks):
             pending.append((i, self._submit(chunk, class_count)))
             if len(pending) >= self.concurrency:
@@ -210,7 +203,7 @@ class Classifier:
             results[j] = self._result(fut)
         return results
 
-    def _result(self, future: Future) -> Any:
+    def _result(self, future: Any) -> Any:
         try:
             return future.result(timeout=self.timeout + 5.0)
         except TimeoutError:
@@ -240,6 +233,21 @@ class Classifier:
         results = self._run(self.prepare(items), class_count=top_k)
         classes = np.concatenate([r.as_numpy("probs") for r in results]).reshape(len(items), top_k)
         return [[parse_class(entry) for entry in row] for row in classes]
+
+
+class _HttpPending:
+    """tritonclient.http's InferAsyncRequest with a Future-like ``result``."""
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return self.request.get_result(timeout=timeout)
+        except Exception as exc:
+            if "timeout" in type(exc).__name__.lower():
+                raise TimeoutError from exc
+            raise
 
 
 def parse_class(entry: bytes | str) -> Prediction:

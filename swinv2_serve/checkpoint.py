@@ -426,7 +426,9 @@ def load_checkpoint(
     )
 
     if reset_head:
+        reference = model.norm.weight  # the fresh head lives where the model does
         model.reset_classifier(model.num_classes, labels=model.cfg.labels)
+        model.head.to(device=reference.device, dtype=reference.dtype)
     current = model.state_dict()
     full = {k: (current[k] if (reset_head and k.startswith("head.")) or k in missing_head else converted[k])
             for k in current}

@@ -287,6 +287,14 @@ def test_wrong_class_count_then_new_head(source) -> None:
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
 
 
+def test_new_head_follows_the_model_dtype(source) -> None:
+    model = pico(num_classes=3).double()
+    load_checkpoint(model, source.state_dict(), new_head=True)
+    assert model.head.fc.weight.dtype == torch.float64
+    assert torch.equal(model.norm.weight, source.norm.weight.double())
+    assert model(torch.randn(1, 3, 64, 64, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_missing_key_and_headless_checkpoints(source) -> None:
     sd = source.state_dict()
     broken = {k: v for k, v in sd.items() if k != "layers.1.blocks.0.norm1.weight"}

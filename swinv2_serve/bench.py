@@ -213,8 +213,9 @@ def _gpu() -> str | None:
             return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     if shutil.which("nvidia-smi"):
         with contextlib.suppress(Exception):
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout.strip()
-            return out or None
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+            gpus = [line.strip() for line in out.splitlines() if line.startswith("GPU ")]
+            return "; ".join(gpus) or None
     return None
 
 
@@ -741,7 +742,7 @@ class _Sweep:
 
     def _exports(self, cfg: Any, img: int, window: int, workdir: Path, weights: Path,
                  runnable: list[str]) -> dict[str, Path | None]:
-        needs_onnx = any(b in ("onnxruntime", *TRITON_PROTOCOLS) for b in runnable)
+        needs_onnx = any(b in ("onnxruntime", "tensorrt", *TRITON_PROTOCOLS) for b in runnable)
         impls = [OURS] + ([TIMM] if self.compare_here(img) and "onnxruntime" in runnable else [])
         paths: dict[str, Path | None] = {OURS: None, TIMM: None}
         if not needs_onnx:
@@ -792,13 +793,24 @@ class _Sweep:
                 self.machine["tritonserver"] = self.machine["tritonserver"] or tritonserver_version(server)
             return triton_runner(backend, server, self._server_name)
         if backend == "tensorrt":
-            raise SwinV2ServeError("TensorRT benchmarking runs from a built .plan: build one with "
-                                   "`swinv2-serve export --format trt` on a GPU machine")
+            return self._tensorrt_runner(precision, img, paths[OURS], workdir)
         path = paths[impl]
         if backend == "onnxruntime" and path is None:
             raise SwinV2ServeError(f"{impl} ONNX export failed at {img}px (see exports)")
         factory = ours_runner if impl == OURS else timm_runner
         return factory(backend, precision, self.model, cfg, path, self.threads)
+
+    def _tensorrt_runner(self, precision: str, img: int, onnx_path: Path | None, workdir: Path) -> Runner:
+        """Build an engine from our fp32 ONNX (FP16 flag with FP32 islands for fp16) and time it."""
+        from .runtime import TensorRTRuntime
+        from .tensorrt_build import build_engine
+
+        if onnx_path is None:
+            raise SwinV2ServeError(f"no ONNX export at {img}px to build an engine from")
+        plan = workdir / f"{self.base.name}_{img}_{precision}.plan"
+        build_engine(onnx_path, plan, precision=precision, max_batch=max(self.config.batches), progress=False)
+        runtime = TensorRTRuntime(plan)
+        return Runner("tensorrt", OURS, precision, lambda x: runtime(x)["logits"], runtime.close)
 
     def _skip_cell(self, cfg: Any, batch: int, runnable: list[str], reason: str | None) -> None:
         for backend in self.config.backends:

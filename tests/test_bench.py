@@ -1,0 +1,140 @@
+"""`swinv2-serve bench` on a tiny config: it runs and writes well-formed results. Speed is never asserted."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from swinv2_serve import create_model
+from swinv2_serve.bench import CSV_FIELDS, EXPORT_FIELDS, budget_reason, estimate_memory_bytes, resized_config
+from swinv2_serve.cli import main
+
+MODEL = "swinv2_nano_window4_64"
+SIZES = (64, 96)
+BATCHES = (1, 2)
+COMPARE_SIZE = 64  # one resolution with timm peers keeps the test short (each export is a fresh interpreter)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("matplotlib")
+    out = tmp_path_factory.mktemp("bench")
+    compare = ["--compare", "timm", "--compare-img-size", str(COMPARE_SIZE)] if _has_timm() else []
+    code = main(["bench", "--model", MODEL, "--img-size", *map(str, SIZES), "--batch", *map(str, BATCHES),
+                 "--backend", "torch", "onnxruntime", "tensorrt", "--threads", "1", "--warmup", "1", "--iters", "2",
+                 "--no-progress", "--output", str(out), *compare])
+    assert code == 0
+    return out
+
+
+def _has_timm() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("timm") is not None
+
+
+def _rows(bench_dir: Path) -> list[dict[str, str]]:
+    with (bench_dir / "results.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == CSV_FIELDS
+        return list(reader)
+
+
+def test_csv_has_every_cell_with_ordered_percentiles(bench_dir: Path) -> None:
+    rows = _rows(bench_dir)
+    ok = [r for r in rows if r["status"] == "ok" and r["impl"] == "ours"]
+    cells = {(int(r["img_size"]), int(r["batch"]), r["backend"]) for r in ok}
+    assert cells == {(s, b, k) for s in SIZES for b in BATCHES for k in ("torch", "onnxruntime")}
+    for r in (r for r in rows if r["status"] == "ok"):
+        p50, p90, p99 = float(r["p50_ms"]), float(r["p90_ms"]), float(r["p99_ms"])
+        assert 0 < float(r["min_ms"]) <= p50 <= p90 <= p99 <= float(r["max_ms"])
+        assert float(r["images_per_s"]) > 0 and int(r["iters"]) == 2
+        assert r["precision"] == "fp32" and r["model"] == MODEL
+    assert {int(r["window_size"]) for r in ok} == {4, 6}  # the window scales with the image (4 @ 64 -> 6 @ 96)
+
+
+def test_unavailable_tensorrt_is_reported_with_a_reason(bench_dir: Path) -> None:
+    from swinv2_serve.runtime import available_backends
+
+    trt = [r for r in _rows(bench_dir) if r["backend"] == "tensorrt"]
+    assert len(trt) == len(SIZES) * len(BATCHES)
+    assert all(r["status"] in ("skipped", "error") and r["reason"] for r in trt)
+    report = json.loads((bench_dir / "results.json").read_text())
+    if available_backends()["tensorrt"] is not None:
+        assert report["skipped"]["tensorrt"] == available_backends()["tensorrt"]
+        assert "tensorrt" in (bench_dir / "results.md").read_text()
+
+
+def test_json_has_machine_facts_method_and_exports(bench_dir: Path) -> None:
+    report = json.loads((bench_dir / "results.json").read_text())
+    machine = report["machine"]
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["threads"] == 1 and "gpu" in machine
+    assert machine["python"] and machine["libraries"]["torch"] and machine["libraries"]["onnxruntime"]
+    assert report["config"]["model"] == MODEL and report["config"]["img_sizes"] == list(SIZES)
+    assert {"latency", "percentiles", "export_memory"} <= set(report["method"])
+    assert len(report["results"]) == len(_rows(bench_dir))
+    ours = [e for e in report["exports"] if e["impl"] == "ours"]
+    assert [e["img_size"] for e in ours] == list(SIZES)
+    for e in report["exports"]:
+        assert e["status"] == "ok" and e["seconds"] > 0 and e["nodes"] > 0 and e["size_mb"] > 0
+        assert e["peak_rss_mb"] >= e["rss_increase_mb"] >= 0
+    with (bench_dir / "exports.csv").open(newline="") as f:
+        assert csv.DictReader(f).fieldnames == EXPORT_FIELDS
+
+
+def test_timm_compare_gives_paired_rows(bench_dir: Path) -> None:
+    if not _has_timm():
+        pytest.skip("timm not installed: no standard-export peer")
+    rows = [r for r in _rows(bench_dir) if r["status"] == "ok"]
+    assert not [r for r in rows if r["impl"] == "timm" and int(r["img_size"]) != COMPARE_SIZE]
+    for size in (COMPARE_SIZE,):
+        for batch in BATCHES:
+            for backend in ("torch", "onnxruntime"):
+                pair = {r["impl"]: r for r in rows if (int(r["img_size"]), int(r["batch"]), r["backend"])
+                        == (size, batch, backend)}
+                assert set(pair) == {"ours", "timm"}, (size, batch, backend)
+                ours, peer = pair["ours"], pair["timm"]
+                assert float(ours["ratio_vs_timm"]) == pytest.approx(
+                    float(ours["p50_ms"]) / float(peer["p50_ms"]), rel=1e-2, abs=1e-3)
+                assert float(ours["max_abs_logit_diff_vs_timm"]) < 1e-3  # same weights, same function
+    assert "ours/timm" in (bench_dir / "results.md").read_text()
+    assert {e["impl"] for e in json.loads((bench_dir / "results.json").read_text())["exports"]} == {"ours", "timm"}
+
+
+def test_plots_are_real_pngs(bench_dir: Path) -> None:
+    for name in ("latency_vs_resolution.png", "throughput_vs_batch.png"):
+        data = (bench_dir / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 10_000, name
+
+
+def test_budgets_skip_instead_of_crashing() -> None:
+    cfg = resized_config(create_model("swinv2_tiny_window8_256").cfg, 1536)
+    assert cfg.window_size[0] == 48
+    assert estimate_memory_bytes(cfg, 32) > 100 * 2**30  # 1536 px at batch 32: far beyond a CPU box
+    assert "estimated peak memory" in budget_reason(cfg, 32, None, 24.0)
+    assert "--max-pixels-per-batch" in budget_reason(cfg, 1, 1024 * 1024, 24.0)
+    small = create_model(MODEL).cfg
+    assert budget_reason(small, 2, 1024 * 1024, 24.0) is None
+
+
+def test_budget_skipped_cells_are_recorded(tmp_path: Path) -> None:
+    code = main(["bench", "--model", MODEL, "--batch", "1", "4", "--backend", "torch", "--iters", "1",
+                 "--warmup", "0", "--max-pixels-per-batch", str(2 * 64 * 64), "--no-plots", "--no-progress",
+                 "--output", str(tmp_path)])
+    assert code == 0
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    status = {int(r["batch"]): (r["status"], r["reason"]) for r in rows}
+    assert status[1][0] == "ok"
+    assert status[4][0] == "skipped" and "--max-pixels-per-batch" in status[4][1]
+
+
+def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["bench", "--output", str(tmp_path)]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["bench", "--model", "no_such_model", "--output", str(tmp_path)]) == 2
+    assert "unknown model" in capsys.readouterr().err

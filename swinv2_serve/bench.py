@@ -878,7 +878,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
 def _config_json(config: BenchConfig, sweep: _Sweep) -> dict[str, Any]:
     out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     out.update(threads=sweep.threads, img_sizes=sweep.sizes, max_memory_gb=round(sweep.memory_budget, 1),
-               model=sweep.base.name, command=" ".join(["swinv2-serve", *sys.argv[1:]]) if sys.argv else None)
+               model=sweep.base.name, argv=list(sys.argv))
     return out
 
 
@@ -947,8 +947,12 @@ def plot_throughput_vs_batch(results: Sequence[BenchResult], path: Path) -> Path
     plt = _pyplot()
     ok = [r for r in results if r.status == "ok" and r.images_per_s]
     backends = sorted({(r.backend, r.precision) for r in ok}) or [("none", "fp32")]
-    fig, axes = plt.subplots(1, len(backends), figsize=(4.6 * len(backends), 4.0), squeeze=False)
-    for ax, (backend, precision) in zip(axes[0], backends):
+    cols = min(3, len(backends))
+    rows_n = math.ceil(len(backends) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.8 * cols, 3.8 * rows_n), squeeze=False)
+    for ax in axes.flat[len(backends):]:
+        ax.set_visible(False)
+    for ax, (backend, precision) in zip(axes.flat, backends):
         rows = [r for r in ok if r.backend == backend and r.precision == precision]
         for img, impl in sorted({(r.img_size, r.impl) for r in rows}):
             line = sorted((r for r in rows if (r.img_size, r.impl) == (img, impl)), key=lambda r: r.batch)
@@ -969,6 +973,15 @@ def plot_throughput_vs_batch(results: Sequence[BenchResult], path: Path) -> Path
     return path
 
 
+def load_report(path: Path) -> BenchReport:
+    """A report back from its results.json (to re-render tables and plots without measuring again)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return BenchReport(config=data["config"], machine=data["machine"],
+                       results=[BenchResult(**r) for r in data["results"]],
+                       exports=[ExportRecord(**e) for e in data["exports"]], skipped=data["skipped"],
+                       seconds=data.get("seconds", 0.0))
+
+
 def _write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -980,15 +993,36 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def wide_table(results: Sequence[BenchResult]) -> list[str]:
+    """Resolution x backend: one row per (img, batch, precision), ``p50 / p99 ms, img/s`` per backend column."""
+    ok = [r for r in results if r.status == "ok"]
+    labels = sorted({r.label for r in ok}, key=lambda lab: (BACKENDS.index(lab.split()[0])
+                                                            if lab.split()[0] in BACKENDS else 99, lab))
+    if not labels:
+        return []
+    lines = ["| img (window) | batch | precision | " + " | ".join(labels) + " |",
+             "| ---: | ---: | --- | " + " | ".join("---:" for _ in labels) + " |"]
+    cells = {(r.img_size, r.batch, r.precision, r.label): r for r in ok}
+    for img, window, batch, precision in sorted({(r.img_size, r.window_size, r.batch, r.precision) for r in ok}):
+        row = []
+        for label in labels:
+            r = cells.get((img, batch, precision, label))
+            row.append("-" if r is None else f"{_fmt(r.p50_ms)} / {_fmt(r.p99_ms)} ms, {_fmt(r.images_per_s, 2)}/s")
+        lines.append(f"| {img} ({window}) | {batch} | {precision} | " + " | ".join(row) + " |")
+    return lines
+
+
 def markdown_report(report: BenchReport) -> str:
-    """Tables: latency per resolution x backend, ours/timm pairs, exports, skips, machine."""
+    """Tables: resolution x backend, the long form with n, ours/timm pairs, exports, skips, machine."""
     ok = [r for r in report.results if r.status == "ok"]
+    wide = wide_table(report.results)
+    head = ["### p50 / p99 latency and images/s per resolution and backend", "", *wide, ""] if wide else []
     lines = ["| img | window | batch | backend | precision | p50 ms | p90 ms | p99 ms | img/s | n |",
              "| ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(ok, key=lambda r: (r.img_size, r.batch, r.backend, r.impl != OURS, r.precision)):
         lines.append(f"| {r.img_size} | {r.window_size} | {r.batch} | {r.label} | {r.precision} | {_fmt(r.p50_ms)} | "
                      f"{_fmt(r.p90_ms)} | {_fmt(r.p99_ms)} | {_fmt(r.images_per_s, 2)} | {r.iters} |")
-    out = ["### Latency per resolution, batch and backend", "", *lines, ""]
+    out = [*head, "### All measured cells (n = samples per runner)", "", *lines, ""]
     pairs = [r for r in ok if r.ratio_vs_timm is not None]
     if pairs:
         peers = {(r.img_size, r.batch, r.backend, r.precision): r for r in ok if r.impl == TIMM}
@@ -1034,8 +1068,8 @@ def _skip_summary(report: BenchReport) -> list[str]:
     return [f"{what}" + (f" — {', '.join(dict.fromkeys(where))}" if where else "") for what, where in seen.items()]
 
 
-__all__ = ["BenchConfig", "BenchReport", "BenchResult", "ExportRecord", "export_timm_standard", "machine_facts",
-           "run_bench", "estimate_memory_bytes", "timm_model"]
+__all__ = ["BenchConfig", "BenchReport", "BenchResult", "ExportRecord", "estimate_memory_bytes", "export_timm_standard",
+           "load_report", "machine_facts", "markdown_report", "run_bench", "timm_model", "write_report"]
 
 
 if __name__ == "__main__":  # the export child: python -m swinv2_serve.bench --export-child JOB_JSON

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from ..bench import BACKENDS, COMPARE, PRECISIONS, BenchConfig
+from ..errors import SwinV2ServeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--output", type=Path, default=Path("bench_results"), help="folder for CSV/JSON/MD/PNG")
     out.add_argument("--workdir", type=Path, help="keep the exported ONNX files here (default: a temporary folder)")
+    out.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                     help="measure nothing: rewrite the CSV/Markdown/PNGs of an earlier results.json into --output")
     out.add_argument("--no-plots", action="store_true")
     out.add_argument("--no-progress", action="store_true")
     out.add_argument("--triton-queue-delay-us", type=int, default=0,
@@ -67,8 +70,15 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import markdown_report, run_bench
+    from ..bench import load_report, markdown_report, run_bench, write_report
 
+    if args.render is not None:
+        if not args.render.is_file():
+            raise SwinV2ServeError(f"{args.render}: no such results.json")
+        report = load_report(args.render)
+        write_report(report, args.output, plots=not args.no_plots)
+        print(markdown_report(report))
+        return 0
     report = run_bench(config_from_args(args))
     print(markdown_report(report))
     print(f"wrote {', '.join(report.files.values())} in {report.seconds:.0f}s")

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         fp16_path = None
         if args.onnx_fp16 or (want_trt and args.precision == "fp16"):
             bar.set_postfix_str(f"{img}px window {window}: FP16 ONNX")
-            half = export_onnx(model, args.output / f"{stem}_fp16.onnx", opset=args.opset, fp16=True,
+            half = export_onnx(model, args.output / f"{stem}.fp16.onnx", opset=args.opset, fp16=True,
                                verify=not args.no_verify, **kwargs)
             rows.append({"file": half.path.name, **_row(half)})
             fp16_path = half.path

@@ -23,3 +23,7 @@ class BackendUnavailableError(SwinV2ServeError, RuntimeError):
 
 class ServerError(SwinV2ServeError, RuntimeError):
     """The inference server is unreachable, not ready, or rejected a request."""
+
+
+class DatasetError(SwinV2ServeError, ValueError):
+    """A data directory that cannot be trained on (missing, empty, fewer than two classes)."""

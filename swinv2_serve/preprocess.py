@@ -27,7 +27,7 @@ ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | n
 MAX_IMAGE_PIXELS = 64_000_000  # ~8000 x 8000: beyond that we refuse to decode (decompression bombs)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-_RESAMPLE = {
+RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
@@ -123,8 +123,8 @@ class Preprocess:
     crop_pct: float = 0.9
 
     def __post_init__(self) -> None:
-        if self.interpolation not in _RESAMPLE:
-            raise ValueError(f"unknown interpolation {self.interpolation!r}; one of {sorted(_RESAMPLE)}")
+        if self.interpolation not in RESAMPLE:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; one of {sorted(RESAMPLE)}")
         if not 0.0 < self.crop_pct <= 1.0:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
 
@@ -150,7 +150,7 @@ class Preprocess:
         return (math.floor(self.img_size[0] / self.crop_pct), math.floor(self.img_size[1] / self.crop_pct))
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
-        resample = _RESAMPLE[self.interpolation]
+        resample = RESAMPLE[self.interpolation]
         th, tw = self.resize_size
         w, h = image.size
         if th == tw:  # square target: keep the aspect ratio, shorter side -> th (as torchvision's Resize(int))

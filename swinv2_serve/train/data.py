@@ -21,14 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ImageDecodeError, SwinV2ServeError
-from ..preprocess import _RESAMPLE, ImageLike, Preprocess, load_image
+from ..errors import DatasetError, ImageDecodeError
+from ..preprocess import RESAMPLE, ImageLike, Preprocess, load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-
-
-class DatasetError(SwinV2ServeError, ValueError):
-    """A data directory that cannot be trained on (missing, empty, fewer than two classes ...)."""
 
 
 # -- scanning ----------------------------------------------------------------------------------------
@@ -149,7 +145,7 @@ class TrainTransform:
     def __call__(self, source: ImageLike, gen: torch.Generator) -> np.ndarray:
         image = load_image(source)
         box = self.crop_box(*image.size, gen)
-        image = image.resize((self.img_size[1], self.img_size[0]), _RESAMPLE[self.interpolation], box=box)
+        image = image.resize((self.img_size[1], self.img_size[0]), RESAMPLE[self.interpolation], box=box)
         if self.hflip > 0 and float(torch.rand(1, generator=gen)) < self.hflip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.float32) / 255.0

@@ -1,4 +1,4 @@
-"""Helpers for the serving tests: a small exported model and free loopback ports."""
+"""Helpers for the serving tests: a small exported model, free loopback ports, a running embedded server."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import json
 import socket
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 MODEL = "swinv2_nano_window4_64"
 
@@ -80,3 +83,15 @@ def decompression_bomb_png(width: int = 100_000, height: int = 100_000) -> bytes
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     idat = zlib.compress(b"\x00" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@contextmanager
+def running_server(onnx_path: Path, name: str, max_batch: int, log_dir: Path) -> Iterator[Any]:
+    """A real embedded Triton server on free loopback ports, its log in ``log_dir``; always stopped."""
+    from swinv2_serve.server import ServerConfig, serve
+
+    http, grpc, metrics = free_ports(3)
+    config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=max_batch,
+                          log_file=str(log_dir / "tritonserver.log"))
+    with serve(onnx_path, name, config=config) as server:
+        yield server

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _serving import export_small_onnx, free_ports
+from _serving import export_small_onnx, free_ports, running_server
 from PIL import Image
 
 from swinv2_serve.cli import main
@@ -15,7 +15,6 @@ from swinv2_serve.client import Classifier, Prediction
 from swinv2_serve.errors import ServerError
 from swinv2_serve.preprocess import Preprocess
 from swinv2_serve.runtime import load
-from swinv2_serve.server import ServerConfig, serve
 
 NAME = "cnano"
 MAX_BATCH = 4
@@ -28,11 +27,7 @@ def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(onnx_path: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    http, grpc, metrics = free_ports(3)
-    log = tmp_path_factory.mktemp("log") / "tritonserver.log"
-    config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=MAX_BATCH,
-                          log_file=str(log))
-    with serve(onnx_path, NAME, config=config) as running:
+    with running_server(onnx_path, NAME, MAX_BATCH, tmp_path_factory.mktemp("log")) as running:
         yield running
 
 

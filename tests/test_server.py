@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from _serving import decompression_bomb_png, export_small_onnx, free_ports
+from _serving import decompression_bomb_png, export_small_onnx, free_ports, running_server
 from conftest import GOOD_IMAGES
 from tritonclient.utils import InferenceServerException
 
@@ -40,11 +40,7 @@ def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(onnx_path: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    http, grpc, metrics = free_ports(3)
-    log = tmp_path_factory.mktemp("log") / "tritonserver.log"
-    config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=MAX_BATCH,
-                          log_file=str(log))
-    with serve(onnx_path, NAME, config=config) as running:
+    with running_server(onnx_path, NAME, MAX_BATCH, tmp_path_factory.mktemp("log")) as running:
         yield running
 
 

@@ -14,7 +14,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -180,28 +182,44 @@ def train_one_epoch(
         images, targets = mix_batch(images, labels, num_classes, mixup=cfg.mixup, cutmix=cfg.cutmix,
                                     smoothing=cfg.label_smoothing, gen=gen)
         last_micro = (i + 1) % cfg.accum_steps == 0 or i + 1 == n
-        sync = contextlib.nullcontext() if last_micro or not info.enabled else model.no_sync()
-        autocast = torch.autocast(info.device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32),
-                                  enabled=cfg.amp != "off")
-        with sync:
-            with autocast:
-                loss = soft_cross_entropy(model(images), targets) * weight
-            scaler.scale(loss / cfg.accum_steps).backward()
-        if last_micro:
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if ema is not None:
-                ema.update(_unwrap(model))
+        loss = accumulate_and_step(partial(_classification_loss, model, images, targets), weight, model=model,
+                                   optimizer=optimizer, scaler=scaler, scheduler=scheduler, cfg=cfg, info=info,
+                                   last_micro=last_micro)
+        if last_micro and ema is not None:
+            ema.update(_unwrap(model))
         loss_sum += float(loss.detach()) * len(batch)
         seen += len(batch)
         bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}")
     loss_sum, seen, skipped = D.all_reduce_sum([loss_sum, seen, skipped], info)
     return EpochStats(loss_sum / max(seen, 1), int(seen), int(skipped), time.perf_counter() - start)
+
+
+def _classification_loss(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return soft_cross_entropy(model(images), targets)
+
+
+def accumulate_and_step(compute_loss: Callable[[], torch.Tensor], weight: float, *, model: torch.nn.Module,
+                        optimizer: Any, scaler: Any, scheduler: Any, cfg: Any, info: D.DistInfo,
+                        last_micro: bool) -> torch.Tensor:
+    """One micro-step: autocast forward, scaled backward (no DDP all-reduce until the last micro-step of an
+    accumulation), then on the last one: unscale, clip, optimizer + scaler + schedule step.
+
+    ``weight`` 0 makes a step that moves nothing but keeps DDP ranks in lockstep (an all-unreadable batch).
+    Returns the weighted loss."""
+    sync = contextlib.nullcontext() if last_micro or not info.enabled else model.no_sync()
+    with sync:
+        with torch.autocast(info.device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32), enabled=cfg.amp != "off"):
+            loss = compute_loss() * weight
+        scaler.scale(loss / cfg.accum_steps).backward()
+    if last_micro:
+        if cfg.clip_grad:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+    return loss
 
 
 @torch.no_grad()

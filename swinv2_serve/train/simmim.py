@@ -13,11 +13,11 @@ Mask patch size: the paper masks 32x32 patches of 192px images (a 6x6 grid). At 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from ..errors import SwinV2ServeError
 from ..model import SwinV2, create_model
 from . import distributed as D
 from .data import IMAGE_EXTENSIONS, DatasetError, ImageDataset, TrainTransform, collate_skipping
-from .finetune import AMP_DTYPES, TrainConfig, configure_threads, default_workers, optimizer_state
+from .finetune import TrainConfig, accumulate_and_step, configure_threads, default_workers, optimizer_state
 from .optim import build_optimizer, cosine_schedule
 from .resume import load_training_state, save_training_state, set_rng_state
 
@@ -198,20 +198,8 @@ def pretrain(
             images = images.to(info.device)
             mask = random_masks(images.shape[0], net.mask_grid, net.cfg.mask_ratio, gen).to(info.device)
             last_micro = (i + 1) % cfg.accum_steps == 0 or i + 1 == len(loader)
-            sync = model.no_sync() if info.enabled and not last_micro else contextlib.nullcontext()
-            with sync:
-                with torch.autocast(info.device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32),
-                                    enabled=cfg.amp != "off"):
-                    loss = model(images, mask) * weight
-                scaler.scale(loss / cfg.accum_steps).backward()
-            if last_micro:
-                if cfg.clip_grad:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+            loss = accumulate_and_step(partial(model, images, mask), weight, model=model, optimizer=optimizer,
+                                       scaler=scaler, scheduler=scheduler, cfg=cfg, info=info, last_micro=last_micro)
             loss_sum += float(loss.detach()) * len(batch)
             seen += len(batch)
             bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")

@@ -403,6 +403,21 @@ register_backend(Backend("onnxruntime", OnnxRuntime,
                          _module_probe("onnxruntime", "pip install 'swinv2-serve[onnx]'"), (".onnx",)))
 register_backend(Backend("torch", TorchRuntime, "PyTorch deploy-form model (CPU or CUDA; fp32/fp16/bf16)",
                          _module_probe("torch", "pip install torch"), (".pt", ".pth", ".safetensors")))
+def _openvino_factory(path: Any, **options: Any) -> Runtime:
+    from .openvino_backend import OpenVINORuntime
+
+    return OpenVINORuntime(path, **options)
+
+
+def _openvino_probe() -> str | None:
+    from .openvino_backend import openvino_unavailable_reason
+
+    return openvino_unavailable_reason()
+
+
+register_backend(Backend("openvino", _openvino_factory,
+                         "OpenVINO on the CPU (ONNX or IR .xml; fp32, or bf16 where the CPU has it, fidelity-checked)",
+                         _openvino_probe, (".xml",)))
 register_backend(Backend("tensorrt", TensorRTRuntime, "TensorRT 10 engine (.plan + .plan.json) on an NVIDIA GPU",
                          _tensorrt_probe, (".plan", ".engine")))
 

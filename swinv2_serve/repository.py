@@ -2,7 +2,8 @@
 
 Layout (dims exclude the batch axis; names match the embedded server, so one client fits both)::
 
-    DIR/NAME/config.pbtxt            onnxruntime_onnx (GPU with the TensorRT accelerator, or CPU) or tensorrt_plan
+    DIR/NAME/config.pbtxt            onnxruntime_onnx (GPU with the TensorRT accelerator, or CPU), tensorrt_plan,
+                                     or backend "openvino" (CPU; 1/model.xml + model.bin, fp32 or bf16)
     DIR/NAME/labels.txt              one class name per line; `label_filename` on logits/probs
     DIR/NAME/1/model.onnx|model.plan
     DIR/NAME_preprocess/config.pbtxt python backend: image BYTES [1] -> input FP32 [3, H, W]
@@ -147,6 +148,29 @@ def _write(path: Path, text: str) -> Path:
 # ---------------------------------------------------------------------------------------------- configs
 
 
+@dataclass(frozen=True)
+class OpenVINOOptions:
+    """Parameters of Triton's OpenVINO backend (its README: INFERENCE_NUM_THREADS, PERFORMANCE_HINT, HINT_BF16...)."""
+
+    precision: str = "fp32"  # bf16 -> HINT_BF16 "YES" (checked for fidelity before it is written)
+    threads: int | None = None  # INFERENCE_NUM_THREADS
+    hint: str = "latency"  # PERFORMANCE_HINT LATENCY | THROUGHPUT
+    num_streams: str | None = None  # NUM_STREAMS (e.g. "1", "AUTO")
+
+    def parameters(self) -> dict[str, str]:
+        params = {"PERFORMANCE_HINT": self.hint.upper()}
+        if self.threads:
+            params["INFERENCE_NUM_THREADS"] = str(self.threads)
+        if self.num_streams:
+            params["NUM_STREAMS"] = self.num_streams
+        if self.precision == "bf16":
+            params["HINT_BF16"] = "YES"
+        return params
+
+
+OPENVINO_MODEL_FILE = "model.xml"
+
+
 def tensor_config(
     name: str,
     metadata: Mapping[str, Any],
@@ -155,10 +179,17 @@ def tensor_config(
     platform: str,
     kind: str,
     batching: BatchingOptions,
+    openvino: OpenVINOOptions | None = None,
 ) -> mc.ModelConfig:
-    """NAME: input FP32 [3, H, W] -> logits, probs [C] (onnxruntime_onnx or tensorrt_plan)."""
+    """NAME: input FP32 [3, H, W] -> logits, probs [C] (onnxruntime_onnx, tensorrt_plan, or backend openvino)."""
     dims = input_dims(metadata)
-    config = mc.ModelConfig(name=name, platform=platform, max_batch_size=batching.max_batch)
+    if platform == "openvino":
+        config = mc.ModelConfig(name=name, backend="openvino", max_batch_size=batching.max_batch,
+                                default_model_filename=OPENVINO_MODEL_FILE)
+        for key, value in (openvino or OpenVINOOptions()).parameters().items():
+            set_parameter(config, key, value)
+    else:
+        config = mc.ModelConfig(name=name, platform=platform, max_batch_size=batching.max_batch)
     config.input.append(mc.ModelInput(name=INPUT_NAME, data_type=mc.TYPE_FP32, dims=dims))
     add_outputs(config, int(metadata["num_classes"]))
     set_dynamic_batching(config, batching)
@@ -278,12 +309,25 @@ def write_repository(
     preprocess_instances: int = 2,
     overwrite: bool = True,
     engine_at_start: bool = False,
+    backend: str = "onnxruntime",
+    openvino: OpenVINOOptions | None = None,
 ) -> Repository:
     """Write NAME, NAME_preprocess and NAME_image under ``output``; returns the config paths.
 
     ``engine_at_start``: a ``tensorrt_plan`` config with ``NAME/model.onnx`` beside it and no plan yet; the
     container's entrypoint builds ``1/model.plan`` on its own GPU at start (see docker/entrypoint.sh).
+
+    ``backend="openvino"``: Triton's OpenVINO backend on CPU instances; the ONNX is converted to
+    ``1/model.xml`` + ``model.bin`` (fp32 weights, metadata in rt_info). A bf16 precision is written only
+    after the load-time fidelity check passes here (``openvino_backend.check_fidelity``), since Triton
+    runs no such check.
     """
+    if backend not in ("onnxruntime", "openvino"):
+        raise SwinV2ServeError(f"--backend must be onnxruntime or openvino, got {backend!r}")
+    if backend == "openvino":
+        if onnx is None or plan is not None or engine_at_start:
+            raise SwinV2ServeError("--backend openvino needs --onnx (and no --plan / --engine-at-start)")
+        kind = "cpu"
     if onnx is None and plan is None:
         raise SwinV2ServeError("give --onnx (and optionally --plan): the repository needs a model")
     if kind not in ("cpu", "gpu"):
@@ -338,10 +382,14 @@ def write_repository(
         shutil.copyfile(plan, tensor_dir / "1" / "model.plan")
         shutil.copyfile(f"{os.fspath(plan)}.json", tensor_dir / "1" / "model.plan.json")
         platform = "tensorrt_plan"
+    elif backend == "openvino":
+        _write_openvino_model(onnx, tensor_dir / "1" / OPENVINO_MODEL_FILE, openvino or OpenVINOOptions())  # type: ignore[arg-type]
+        platform = "openvino"
     else:
         shutil.copyfile(onnx, tensor_dir / "1" / "model.onnx")  # type: ignore[arg-type]
         platform = "onnxruntime_onnx"
-    config = tensor_config(tensor_name, metadata, names, platform=platform, kind=kind, batching=batching)
+    config = tensor_config(tensor_name, metadata, names, platform=platform, kind=kind, batching=batching,
+                           openvino=openvino)
     repo.configs[tensor_name] = _write(tensor_dir / "config.pbtxt", to_text(config))
     _write(tensor_dir / LABELS_FILE, labels_text(names))
 
@@ -358,6 +406,17 @@ def write_repository(
     repo.configs[ens_name] = _write(ens_dir / "config.pbtxt", to_text(config))
     _write(ens_dir / LABELS_FILE, labels_text(names))
     return repo
+
+
+def _write_openvino_model(onnx: str | os.PathLike, xml: Path, options: OpenVINOOptions) -> None:
+    """IR for Triton's OpenVINO backend; a bf16 request must pass the fidelity check on this CPU first."""
+    from .openvino_backend import OpenVINORuntime, convert_to_ir
+
+    if options.precision not in ("fp32", "bf16"):
+        raise SwinV2ServeError(f"openvino precision must be fp32 or bf16, got {options.precision!r}")
+    if options.precision == "bf16":
+        OpenVINORuntime(onnx, precision="bf16", threads=options.threads, fidelity="refuse").close()
+    convert_to_ir(onnx, xml)
 
 
 def preprocess_model_source() -> str:

@@ -113,10 +113,10 @@ def find_repository_model(repository: str | os.PathLike, name: str) -> Path:
         raise ServerError(f"no model {name!r} in {repository} (found: {', '.join(found) or 'none'}); pass --name")
     for version in sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
                           key=lambda p: int(p.name), reverse=True):
-        for filename in ("model.onnx", "model.plan"):
+        for filename in ("model.onnx", "model.plan", "model.xml"):  # model.xml: the OpenVINO backend's IR
             if (version / filename).is_file():
                 return version / filename
-    raise ServerError(f"{model_dir} holds no <version>/model.onnx or model.plan")
+    raise ServerError(f"{model_dir} holds no <version>/model.onnx, model.plan or model.xml")
 
 
 def _repository_labels(model_file: Path) -> list[str] | None:

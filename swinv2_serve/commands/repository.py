@@ -17,14 +17,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-at-start", action="store_true",
                         help="tensorrt_plan config whose engine the container builds on its GPU at start")
     parser.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching wait (us)")
+    parser.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                        help="openvino: Triton's OpenVINO backend on CPU (1/model.xml + model.bin)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="openvino: bf16 (HINT_BF16), written only if it passes the fidelity check here")
+    parser.add_argument("--threads", type=int, help="openvino: INFERENCE_NUM_THREADS")
+    parser.add_argument("--hint", choices=["latency", "throughput"], default="latency",
+                        help="openvino: PERFORMANCE_HINT")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..repository import write_repository
+    from ..repository import OpenVINOOptions, write_repository
 
+    openvino = OpenVINOOptions(precision=args.precision, threads=args.threads, hint=args.hint)
     repo = write_repository(
         args.output, args.name, onnx=args.onnx, plan=args.plan, max_batch=args.max_batch, instances=args.instances,
         kind=args.kind, max_queue_delay_us=args.max_queue_delay_us, engine_at_start=args.engine_at_start,
+        backend=args.backend, openvino=openvino,
     )
     for model, config in repo.configs.items():
         print(f"{model:<32} {config}")

@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--repository", metavar="DIR", help="a repository written by `swinv2-serve repository`")
     parser.add_argument("--backend", choices=list(BACKENDS), help="runtime (default: from the file suffix)")
     parser.add_argument("--precision", help="runtime precision where the backend has a choice (fp32, fp16, bf16)")
+    parser.add_argument("--fidelity", choices=["refuse", "warn", "off"],
+                        help="openvino bf16: refuse (default) / warn / skip when top-1 agreement with fp32 < 99%%")
     parser.add_argument("--name", default="swinv2", help="served model name (also NAME_image); default swinv2")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--http-port", type=int, default=8000)
@@ -38,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         options["threads"] = args.threads
     if args.precision:
         options["precision"] = args.precision
+    if args.fidelity:
+        options["fidelity"] = args.fidelity
     config = ServerConfig(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,

@@ -1,0 +1,166 @@
+"""OpenVINO backend: parity with ONNX Runtime, bf16 decision and fidelity check, IR, repository config, real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+from _serving import export_small_onnx, free_ports  # noqa: E402
+from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
+
+from swinv2_serve.openvino_backend import (  # noqa: E402
+    FIDELITY_THRESHOLD,
+    FidelityError,
+    compare_logits,
+    convert_to_ir,
+    cpu_capabilities,
+    enforce_fidelity,
+    resolve_precision,
+)
+from swinv2_serve.preprocess import Preprocess  # noqa: E402
+from swinv2_serve.repository import parse_config, write_repository  # noqa: E402
+from swinv2_serve.runtime import available_backends, load  # noqa: E402
+
+HAS_BF16 = "BF16" in cpu_capabilities()
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_small_onnx(tmp_path_factory.mktemp("ov") / "nano.onnx")
+
+
+@pytest.fixture(scope="module")
+def ort(onnx_path: Path):  # noqa: ANN201
+    return load(onnx_path, "onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def photos(ort, photo_paths: list[Path]) -> np.ndarray:  # noqa: ANN001
+    return Preprocess.from_metadata(ort.metadata).batch(photo_paths)
+
+
+def test_registered_and_available() -> None:
+    assert available_backends()["openvino"] is None
+
+
+def test_fp32_matches_onnxruntime(onnx_path: Path, ort, photos: np.ndarray) -> None:  # noqa: ANN001
+    runtime = load(onnx_path, "openvino", precision="fp32", threads=2)
+    assert runtime.precision == "fp32"
+    assert runtime.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+    for x in (photos, photos[:1], np.random.default_rng(0).standard_normal((5, 3, 64, 64), dtype=np.float32)):
+        got, want = runtime(x), ort(x)
+        assert np.abs(got["logits"] - want["logits"]).max() < 1e-4
+        assert np.abs(got["probs"] - want["probs"]).max() < 1e-5
+    assert runtime.metadata == ort.metadata
+
+
+def test_ir_carries_metadata_and_bounded_batch(onnx_path: Path, ort, photos: np.ndarray, tmp_path: Path) -> None:  # noqa: ANN001
+    xml = convert_to_ir(onnx_path, tmp_path / "ir" / "model.xml")
+    assert xml.with_suffix(".bin").is_file()
+    runtime = load(xml, max_batch=4, cache_dir=tmp_path / "cache")  # backend from the .xml suffix
+    assert runtime.backend == "openvino" and runtime.metadata == ort.metadata
+    assert np.abs(runtime(photos[:4])["logits"] - ort(photos[:4])["logits"]).max() < 1e-4
+    with pytest.raises(Exception, match="max batch 4"):
+        runtime(photos)
+    assert any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize(("requested", "caps", "expected", "says"), [
+    ("bf16", ["FP32", "BF16", "INT8"], "bf16", None),
+    ("bf16", ["FP32", "INT8"], "fp32", "no bf16 support"),
+    ("fp32", ["FP32"], "fp32", None),
+])
+def test_precision_decision(requested: str, caps: list[str], expected: str, says: str | None) -> None:
+    precision, message = resolve_precision(requested, caps)
+    assert precision == expected
+    assert (message is None) if says is None else (says in message and "running fp32" in message)
+
+
+def test_precision_decision_rejects_unknown() -> None:
+    with pytest.raises(Exception, match="fp32, bf16"):
+        resolve_precision("fp16", ["FP32"])
+
+
+def test_fidelity_report_refuses_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    ref = np.eye(4, 10, dtype=np.float32) * 5
+    flipped = ref.copy()
+    flipped[0, 0], flipped[0, 1] = 0.0, 5.0  # one of four top-1s moves
+    report = compare_logits(ref, flipped, "bf16")
+    assert report.top1_agreement == 0.75 and not report.ok
+    with pytest.raises(FidelityError, match=r"top-1 agreement with fp32 75\.0%"):
+        enforce_fidelity(report, "refuse", "m.onnx")
+    enforce_fidelity(report, "warn", "m.onnx")
+    assert "LOW FIDELITY" in caplog.text
+    nan = ref.copy()
+    nan[1, 3] = np.nan
+    assert not compare_logits(ref, nan, "bf16").ok
+    assert compare_logits(ref, ref + 1e-3, "bf16").ok
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 (OpenVINO capabilities lack BF16)")
+def test_bf16_agrees_on_photos_or_is_refused(onnx_path: Path, ort, photos: np.ndarray) -> None:  # noqa: ANN001
+    try:
+        runtime = load(onnx_path, "openvino", precision="bf16", threads=2, check_inputs=photos)
+    except FidelityError as exc:
+        assert "top-1 agreement with fp32" in str(exc) and "serve fp32" in str(exc)
+        return
+    assert runtime.precision == "bf16" and runtime.fidelity is not None and runtime.fidelity.ok
+    got = runtime(photos)["logits"]
+    agreement = float((got.argmax(1) == ort(photos)["logits"].argmax(1)).mean())
+    assert agreement >= FIDELITY_THRESHOLD and np.isfinite(got).all()
+
+
+@pytest.mark.skipif(HAS_BF16, reason="this CPU has bf16: the fallback path is covered by test_precision_decision")
+def test_bf16_falls_back_without_cpu_support(onnx_path: Path) -> None:
+    assert load(onnx_path, "openvino", precision="bf16").precision == "fp32"
+
+
+def test_repository_openvino_config(onnx_path: Path, tmp_path: Path) -> None:
+    from swinv2_serve.repository import OpenVINOOptions
+
+    repo = write_repository(tmp_path / "repo", "nano", onnx=onnx_path, backend="openvino", max_batch=8,
+                            openvino=OpenVINOOptions(precision="fp32", threads=2))
+    config = parse_config(repo.configs["nano"].read_text())
+    assert config.backend == "openvino" and not config.platform
+    assert config.default_model_filename == "model.xml"
+    assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert config.parameters["INFERENCE_NUM_THREADS"].string_value == "2"
+    assert config.parameters["PERFORMANCE_HINT"].string_value == "LATENCY"
+    assert "HINT_BF16" not in config.parameters
+    assert (tmp_path / "repo" / "nano" / "1" / "model.bin").is_file()
+    runtime = load(tmp_path / "repo" / "nano" / "1" / "model.xml")
+    assert runtime.input_shape == (3, 64, 64)
+
+
+def test_repository_openvino_refuses_plan(onnx_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="needs --onnx"):
+        write_repository(tmp_path / "r", "nano", onnx=onnx_path, plan=onnx_path, backend="openvino")
+
+
+def test_server_openvino_round_trip(onnx_path: Path, ort, photos: np.ndarray, photo_paths: list[Path],
+                                    tmp_path: Path) -> None:  # noqa: ANN001
+    import tritonclient.http as httpclient
+
+    from swinv2_serve.server import ServerConfig, serve
+
+    http, grpc, metrics = free_ports(3)
+    config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=8,
+                          log_file=str(tmp_path / "triton.log"))
+    precision = "bf16" if HAS_BF16 else "fp32"
+    with serve(onnx_path, "nano", config=config, backend="openvino",
+               runtime_options={"precision": precision, "threads": 2, "fidelity": "warn"}) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        tensor = httpclient.InferInput("input", list(photos.shape), "FP32")
+        tensor.set_data_from_numpy(photos)
+        served = client.infer("nano", [tensor]).as_numpy("logits")
+        image = httpclient.InferInput("image", [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[photo_paths[1].read_bytes()]], dtype=object))
+        from_bytes = client.infer("nano_image", [image]).as_numpy("logits")
+        client.close()
+    want = ort(photos)["logits"]
+    assert float((served.argmax(1) == want.argmax(1)).mean()) >= FIDELITY_THRESHOLD
+    assert from_bytes.argmax(1)[0] == want[1].argmax()

@@ -4,7 +4,7 @@
 
 1. export our deploy-form ONNX (and, with ``compare=["timm"]``, timm's model the standard way:
    ``torch.onnx.export`` of ``timm.create_model`` on the same weights) in a fresh child process, which
-   reports the export time and its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss`` of the child at the
+   reports the export time and its peak RSS (``VmHWM`` of the child from /proc/self/status at the
    end, and that minus the child's RSS just before the export started);
 2. build one runner per backend (torch deploy form, ONNX Runtime, Triton over HTTP/gRPC through the
    embedded server and the package's ``Classifier``) plus the timm peers (timm's ONNX in ONNX Runtime
@@ -152,7 +152,7 @@ class ExportRecord:
     status: str
     reason: str = ""
     seconds: float | None = None
-    peak_rss_mb: float | None = None  # ru_maxrss of the child process (imports, model and export)
+    peak_rss_mb: float | None = None  # VmHWM of the child process (imports, model and export)
     rss_increase_mb: float | None = None  # that minus the child's RSS right before the export
     nodes: int | None = None
     size_mb: float | None = None
@@ -188,10 +188,10 @@ METHOD = {
     "percentiles": "numpy.percentile (linear) over the samples; with few samples p99 is close to the max",
     "images_per_s": "batch / mean latency",
     "ratio_vs_timm": "ours p50 / timm p50, same weights, same backend, same session options, same loop",
-    "export_memory": "each export runs in a fresh interpreter (subprocess); peak_rss_mb = "
-                     "getrusage(RUSAGE_SELF).ru_maxrss at its end (includes the interpreter, torch and the model), "
-                     "rss_increase_mb = peak minus "
-                     "the RSS read from /proc/self/statm right before the export call",
+    "export_memory": "each export runs in a fresh interpreter (subprocess); peak_rss_mb = VmHWM of /proc/self/status "
+                     "at its end (the process's own peak RSS: interpreter, torch, model and export; ru_maxrss is not "
+                     "used because Linux carries the parent's RSS into it across fork+exec), rss_increase_mb = peak "
+                     "minus VmRSS right before the export call",
     "export_seconds": "torch.onnx.export plus our metadata step; no verification inside the timing",
 }
 
@@ -359,18 +359,38 @@ def export_timm_standard(
 
 
 # -- exports in a child process ---------------------------------------------------------------------------------
+def _proc_status_bytes(field_name: str) -> int | None:
+    """VmRSS / VmHWM of this process from /proc/self/status (per address space: not inherited over exec)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    return None
+
+
 def _rss_now() -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    rss = _proc_status_bytes("VmRSS")
+    if rss is not None:
+        return rss
     import psutil
 
     return int(psutil.Process().memory_info().rss)
 
 
-def _export_child(job: dict[str, Any]) -> dict[str, Any]:
-    """Runs in a fresh interpreter: build the model, export once, report time and memory."""
+def _peak_rss() -> int:
+    """Peak RSS of this process image: VmHWM. ``ru_maxrss`` is not used on Linux because it carries the
+    parent's RSS across fork + exec, so a child of a large benchmark process would report the parent's size."""
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _export_child(job: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a fresh interpreter: build the model, export once, report time and memory."""
     import torch
 
     from .config import SwinV2Config
@@ -394,7 +414,7 @@ def _export_child(job: dict[str, Any]) -> dict[str, Any]:
     else:
         export_timm_standard(target, model.state_dict(), None, path)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    peak = _peak_rss()
     import onnx
 
     nodes = len(onnx.load(str(path), load_external_data=False).graph.node)

@@ -20,7 +20,7 @@ exec "$PYTHON" -m swinv2_serve bench \
     --backend torch onnxruntime tensorrt triton-grpc triton-http \
     --compare timm --compare-img-size 256 512 \
     --threads 2 \
-    --warmup 1 --min-iters 5 --min-time 2 --max-time 20 \
+    --warmup 1 --min-iters 5 --min-time 2 --max-time 20 --cooldown-ms 50 \
     --max-pixels-per-batch 1048576 \
     --output benchmarks/results \
     "$@"

@@ -89,6 +89,7 @@ class BenchConfig:
     output: Path = Path("bench_results")
     workdir: Path | None = None  # where exports go (kept); None: a temporary folder, removed at the end
     triton_queue_delay_us: int = 0  # dynamic batcher delay of the embedded server (0: latency, not batching)
+    cooldown_ms: float = 50.0  # untimed pause before each call (lets the previous runner's threads stop spinning)
     seed: int = 0
     plots: bool = True
     progress: bool = True
@@ -182,7 +183,8 @@ class BenchReport:
 
 METHOD = {
     "latency": "wall-clock time.perf_counter() around one call (client round trip for Triton), per runner; "
-               "runners of a cell are called round-robin, start rotated every round",
+               "runners of a cell are called round-robin, start rotated every round, with an untimed cooldown "
+               "(config cooldown_ms) before each call so the previous runner's spinning threads are asleep",
     "iterations": "warm-up rounds, then rounds until every runner has min_iters samples and min_time has passed "
                   "(at most max_time, never fewer than 3 samples), or exactly iters rounds",
     "percentiles": "numpy.percentile (linear) over the samples; with few samples p99 is close to the max",
@@ -621,8 +623,12 @@ class Samples:
 
 
 def measure(runners: Sequence[Runner], x: np.ndarray, *, warmup: int, iters: int | None, min_iters: int,
-            min_time: float, max_time: float) -> Samples:
-    """Round-robin over ``runners`` (start rotated each round): warm-up, then timed rounds."""
+            min_time: float, max_time: float, cooldown_s: float = 0.0) -> Samples:
+    """Round-robin over ``runners`` (start rotated each round): warm-up, then timed rounds.
+
+    ``cooldown_s`` sleeps (untimed) before each call, so the spinning worker threads of the previous
+    runner (ONNX Runtime, OpenMP) have gone to sleep and do not steal cores from the next one.
+    """
     first = {r.key: r.call(x) for r in runners}  # also the first warm-up call
     for _ in range(max(0, warmup - 1)):
         for r in runners:
@@ -633,6 +639,8 @@ def measure(runners: Sequence[Runner], x: np.ndarray, *, warmup: int, iters: int
     while True:
         order = list(runners[rounds % len(runners):]) + list(runners[: rounds % len(runners)])
         for r in order:
+            if cooldown_s:
+                time.sleep(cooldown_s)
             t0 = time.perf_counter()
             r.call(x)
             times[r.key].append((time.perf_counter() - t0) * 1000.0)
@@ -857,7 +865,7 @@ class _Sweep:
                 continue
             try:
                 samples = measure(group, x, warmup=c.warmup, iters=c.iters, min_iters=c.min_iters,
-                                  min_time=c.min_time, max_time=c.max_time)
+                                  min_time=c.min_time, max_time=c.max_time, cooldown_s=c.cooldown_ms / 1000)
             except Exception as exc:  # noqa: BLE001
                 for r in group:
                     self.row(cfg, batch, r.backend, r.impl, precision, "error", f"{type(exc).__name__}: {exc}"[:500])

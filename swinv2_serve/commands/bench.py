@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--min-iters", type=int, default=10, help="adaptive: at least this many samples per runner")
     timing.add_argument("--max-time", type=float, default=60.0,
                         help="adaptive: stop adding rounds after this many seconds (never under 3 samples)")
+    timing.add_argument("--cooldown-ms", type=float, default=50.0,
+                        help="untimed pause before each call, so the previous runner's spinning threads "
+                             "(ONNX Runtime, OpenMP) are asleep when the next one is timed")
     budget = parser.add_argument_group("budgets (skipped with a reason, not crashed)")
     budget.add_argument("--max-pixels-per-batch", type=int, help="skip cells with batch*H*W above this")
     budget.add_argument("--max-memory-gb", type=float, help="skip cells whose estimated memory exceeds this "
@@ -64,7 +67,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         min_time=args.min_time, max_time=args.max_time, compare=list(args.compare),
         compare_img_sizes=args.compare_img_size, max_pixels_per_batch=args.max_pixels_per_batch,
         max_memory_gb=args.max_memory_gb, output=args.output, workdir=args.workdir,
-        triton_queue_delay_us=args.triton_queue_delay_us, seed=args.seed, plots=not args.no_plots,
+        triton_queue_delay_us=args.triton_queue_delay_us, cooldown_ms=args.cooldown_ms, seed=args.seed,
+        plots=not args.no_plots,
         progress=not args.no_progress,
     )
 

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -27,7 +29,7 @@ def _per_stage(value: int | tuple[int, ...] | list[int], num_stages: int, what: 
         return (value,) * num_stages
     value = tuple(int(v) for v in value)
     if len(value) != num_stages:
-        raise ValueError(f"{what} needs one value per stage ({num_stages}), got {value}")
+        raise ConfigError(f"{what} needs one value per stage ({num_stages}), got {value}")
     return value
 
 
@@ -131,20 +133,20 @@ class SwinV2Config:
     def validate(self) -> None:
         h, w = self.img_size
         if h % self.patch_size or w % self.patch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"img_size {self.img_size} is not a multiple of the patch size {self.patch_size}; "
                 f"use e.g. {self.patch_size * max(1, round(h / self.patch_size))}"
             )
         min_size = self.patch_size * 2 ** (self.num_stages - 1)
         if h < min_size or w < min_size:
-            raise ValueError(f"img_size {self.img_size} is too small: {self.name} needs at least {min_size}px")
+            raise ConfigError(f"img_size {self.img_size} is too small: {self.name} needs at least {min_size}px")
         if any(ws < 1 for ws in self.window_size):
-            raise ValueError(f"window_size must be >= 1, got {self.window_size}")
+            raise ConfigError(f"window_size must be >= 1, got {self.window_size}")
         for dim, heads in zip(self.stage_dims, self.num_heads):
             if dim % heads:
-                raise ValueError(f"stage dim {dim} is not divisible by {heads} heads")
+                raise ConfigError(f"stage dim {dim} is not divisible by {heads} heads")
         if self.attn_chunk_windows is not None and self.attn_chunk_windows < 1:
-            raise ValueError(f"attn_chunk_windows must be >= 1, got {self.attn_chunk_windows}")
+            raise ConfigError(f"attn_chunk_windows must be >= 1, got {self.attn_chunk_windows}")
 
     def replace(self, **changes: Any) -> SwinV2Config:
         return dataclasses.replace(self, **changes)
@@ -159,7 +161,7 @@ class SwinV2Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown SwinV2Config fields: {sorted(unknown)}")
+            raise ConfigError(f"unknown SwinV2Config fields: {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def preprocessing(self) -> dict[str, Any]:
@@ -220,7 +222,7 @@ def get_config(name: str) -> SwinV2Config:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
 
 
 def resolve_config(
@@ -261,7 +263,7 @@ def resolve_config(
     if window_size is not None:
         first = cfg.stage_resolutions[0]
         if cfg.window_size[0] > max(first):
-            raise ValueError(
+            raise ConfigError(
                 f"window_size {cfg.window_size[0]} is larger than the first feature map {first} of a "
                 f"{cfg.img_size[0]}x{cfg.img_size[1]} input; use at most {max(first)} (img_size / 32 is usual)"
             )

@@ -5,6 +5,10 @@ class SwinV2ServeError(Exception):
     """Base class: the message says what went wrong and what to do."""
 
 
+class ConfigError(SwinV2ServeError, ValueError):
+    """An unknown model name or a geometry the model cannot take (image size, window)."""
+
+
 class CheckpointError(SwinV2ServeError, ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 

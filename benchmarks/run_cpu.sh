@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates benchmarks/results/ (CSV + JSON + Markdown + PNG) on a CPU machine; the table in
-# benchmarks/README.md is copied from benchmarks/results/results.md. About 10-20 minutes on 2 shared cores.
+# benchmarks/README.md is copied from benchmarks/results/results.md. About 5 minutes on 2 quiet cores, 15 at load ~8.
 #
 #   benchmarks/run_cpu.sh                 # from the repository root
 #   PYTHON=python3 benchmarks/run_cpu.sh  # another interpreter (default: .venv/bin/python if present)

@@ -16,30 +16,14 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from swinv2_serve import create_model
+from swinv2_serve.bench import export_timm_standard
 from swinv2_serve.onnx_export import export_onnx
-
-
-def export_timm_standard(name: str, state_dict: dict, img_size: tuple[int, int], path: Path, dynamo: bool) -> None:
-    """timm's model exported the way its users do: torch.onnx.export with a dynamic batch."""
-    import timm
-
-    model = timm.create_model(name, pretrained=False).eval()
-    model.load_state_dict(state_dict)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (torch.zeros(1, 3, *img_size),), str(path), dynamo=dynamo, opset_version=17,
-            input_names=["input"], output_names=["logits"],
-            **({"dynamic_shapes": ({0: torch.export.Dim("batch", max=256)},)} if dynamo
-               else {"dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}}),
-        )
 
 
 def session(path: Path, threads: int, optimized_path: Path | None = None):  # noqa: ANN201
@@ -67,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=30, help="timed iterations at batch 1 (divided by the batch)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--cooldown-ms", type=float, default=50.0, help="untimed pause before each timed call")
     parser.add_argument("--timm-exporter", choices=["torchscript", "dynamo"], default="torchscript")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -108,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         times: dict[str, list[float]] = {k: [] for k in sessions}
         for _ in range(iters):
             for k, s in sessions.items():
+                time.sleep(args.cooldown_ms / 1000)  # let the other session's spinning threads go idle
                 t = time.perf_counter()
                 s.run(None, {"input": x})
                 times[k].append((time.perf_counter() - t) * 1000)

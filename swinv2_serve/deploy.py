@@ -135,8 +135,11 @@ class DeployAttention(nn.Module):
             self.register_buffer("bias", dense.contiguous())
         else:
             self.mode = "compact"
-            self.register_buffer("bias_table", table.t().contiguous())  # [heads, (2Wh-1)(2Ww-1)]
-            self.register_buffer("bias_index", relative_position_index(window).view(-1).to(torch.int32))
+            self.window = window
+            # [heads, 2Wh-1, 2Ww-1] + separable row/column offsets (Wh^2 and Ww^2 entries, not N^2)
+            self.register_buffer("bias_table", table.t().reshape(-1, 2 * window[0] - 1, 2 * window[1] - 1).contiguous())
+            self.register_buffer("offset_y", _pair_offsets(window[0]))
+            self.register_buffer("offset_x", _pair_offsets(window[1]))
         self.mask_mode = "none" if mask is None or self.mode == "dense_masked" else (
             "dense" if bytes_mask <= dense_limit else "labels")
         if self.mask_mode == "dense":
@@ -145,8 +148,10 @@ class DeployAttention(nn.Module):
             self.register_buffer("mask_labels", _mask_labels(mask))  # [nW, N] region id per token
 
     def position_bias(self) -> torch.Tensor:
-        if self.mode == "compact":
-            return self.bias_table.index_select(1, self.bias_index).view(self.num_heads, self.n, self.n)
+        if self.mode == "compact":  # bias[h, (yi, xi), (yj, xj)] = table[h, yi - yj, xi - xj]
+            wh, ww = self.window
+            t = self.bias_table.index_select(1, self.offset_y).index_select(2, self.offset_x)  # [h, wh*wh, ww*ww]
+            return t.view(-1, wh, wh, ww, ww).permute(0, 1, 3, 2, 4).reshape(-1, self.n, self.n)
         return self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,6 +181,12 @@ class DeployAttention(nn.Module):
             attn = attn + self.position_bias()
         attn = attn.softmax(dim=-1).to(v.dtype)
         return self.proj((attn @ v).transpose(1, 2).reshape(-1, n, dim))
+
+
+def _pair_offsets(size: int) -> torch.Tensor:
+    """[size * size]: (i - j + size - 1) for every (i, j), the row (or column) of a relative-offset table."""
+    i = torch.arange(size)
+    return (i[:, None] - i[None, :] + size - 1).reshape(-1)
 
 
 def _mask_labels(mask: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,14 @@ class _WithProbs(nn.Module):
         return logits, logits.softmax(dim=-1)
 
 
+def has_compact_tables(deploy: nn.Module) -> bool:
+    """Whether any block keeps its bias table or shift mask compact (expanded at run time)."""
+    from .deploy import DeployAttention
+
+    attention = (m for m in deploy.modules() if isinstance(m, DeployAttention))
+    return any(m.mode == "compact" or m.mask_mode == "labels" for m in attention)
+
+
 def export_metadata(cfg: SwinV2Config, *, fp16: bool = False, opset: int = 17) -> dict[str, Any]:
     from . import __version__
 
@@ -135,7 +143,8 @@ def export_onnx(
             output_names=list(OUTPUT_NAMES),
             dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
             opset_version=opset,
-            do_constant_folding=True,
+            # folding would expand compact bias tables / mask labels back into dense constants in the file
+            do_constant_folding=not has_compact_tables(deploy),
         )
     metadata = export_metadata(cfg, fp16=fp16, opset=opset)
     proto = onnx.load(str(path))

@@ -13,6 +13,7 @@ import torch
 from conftest import perturb_
 
 from swinv2_serve import create_model
+from swinv2_serve.deploy import DeployAttention, to_deploy
 from swinv2_serve.errors import ExportError
 from swinv2_serve.onnx_export import export_onnx
 from swinv2_serve.runtime import OnnxRuntime, read_onnx_metadata
@@ -132,3 +133,17 @@ def test_onnx_matches_eager_and_timm(tmp_path: Path, name: str, kwargs: dict) ->
         with torch.no_grad():
             np.testing.assert_allclose(got, reference(x).numpy(), atol=1e-4)
             np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
+
+
+def test_compact_tables_stay_compact_in_the_file(tmp_path: Path) -> None:
+    """Large windows: tables stay [heads, 2W-1, 2W-1] in the file, not dense [heads, N, N] constants per block."""
+    model = perturb_(create_model("swinv2_nano_window4_64", img_size=256, window_size=32)).eval()  # N = 1024
+    deploy = to_deploy(model, dense_limit=0)
+    result = export_onnx(deploy, tmp_path / "big_window.onnx")
+    weights = sum(p.numel() * p.element_size() for p in deploy.parameters())
+    dense = sum(m.num_heads * m.n * m.n * 4 for m in deploy.modules() if isinstance(m, DeployAttention))
+    assert dense > 8 * 2**20  # what dense tables would add
+    assert result.size_bytes < weights + 2**20, (result.size_bytes, weights)
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        np.testing.assert_allclose(OnnxRuntime(result.path)(x.numpy())["logits"], model(x).numpy(), atol=1e-4)

@@ -50,7 +50,10 @@ class ServerConfig:
     metrics_port: int = 8002
     max_batch: int = 32
     max_queue_delay_us: int = 2000
-    preprocess_instances: int = 2
+    # One instance: PyTriton's extra instances fetch their config from instance 0's handshake socket and fail
+    # with "connection refused" when they race its bind/listen (seen on cold starts); images are still batched
+    # at NAME, only decoding is serial. (Generated repositories for NVIDIA's Triton keep two: no handshake.)
+    preprocess_instances: int = 1
     exit_timeout_s: int = 5
     log_file: str | None = None  # tritonserver's log; None: the console
     log_verbose: int = 0

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="max batch of the dynamic batcher")
     parser.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching wait (us)")
     parser.add_argument("--threads", type=int, help="intra-op threads of the runtime (default: all cores)")
-    parser.add_argument("--preprocess-instances", type=int, default=2, help="parallel image decoders")
+    parser.add_argument("--preprocess-instances", type=int, default=1,
+                        help="image decoder instances (default 1; more can race PyTriton's start-up handshake)")
     parser.add_argument("--log-file", help="tritonserver log file (default: the console)")
 
 

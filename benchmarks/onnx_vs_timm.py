@@ -44,31 +44,47 @@ def node_count(path: Path) -> int:
     return len(onnx.load(str(path), load_external_data=False).graph.node)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def common_parser(doc: str, *, iters: int, warmup: int) -> argparse.ArgumentParser:
+    """Arguments every ours-vs-timm script shares."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--model", default="swinv2_tiny_window8_256")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=30, help="timed iterations at batch 1 (divided by the batch)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=iters, help="timed iterations at batch 1 (divided by the batch)")
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser
+
+
+def off_init_model(name: str, scale: float = 0.02, seed: int = 0) -> torch.nn.Module:
+    """A preset with every parameter moved off its init (no pretrained weights can be fetched here)."""
+    torch.manual_seed(seed)
+    model = create_model(name).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+def export_pair(model: torch.nn.Module, ours: Path, timm: Path, *, dynamo: bool = False) -> tuple[float, float]:
+    """Our deploy-form export and timm's standard export of the same weights; returns both export times."""
+    t0 = time.perf_counter()
+    export_onnx(model, ours)
+    t1 = time.perf_counter()
+    export_timm_standard(model.cfg.name, model.state_dict(), model.cfg.img_size, timm, dynamo)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = common_parser(__doc__, iters=30, warmup=3)
     parser.add_argument("--cooldown-ms", type=float, default=50.0, help="untimed pause before each timed call")
     parser.add_argument("--timm-exporter", choices=["torchscript", "dynamo"], default="torchscript")
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
-    torch.manual_seed(0)
-    model = create_model(args.model).eval()
-    with torch.no_grad():  # trained-like weights: move every parameter off its init
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    model = off_init_model(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="swinv2_bench_"))
     ours_path, timm_path = tmp / "ours.onnx", tmp / "timm.onnx"
-    t0 = time.perf_counter()
-    export_onnx(model, ours_path)
-    t_ours = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    export_timm_standard(args.model, model.state_dict(), model.cfg.img_size, timm_path, args.timm_exporter == "dynamo")
-    t_timm = time.perf_counter() - t0
+    t_ours, t_timm = export_pair(model, ours_path, timm_path, dynamo=args.timm_exporter == "dynamo")
 
     sessions = {
         "ours": session(ours_path, args.threads, tmp / "ours.opt.onnx"),

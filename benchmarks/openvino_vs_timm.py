@@ -11,7 +11,6 @@ against ONNX Runtime fp32 of the same graph. Needs timm (the `dev` extra) and op
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -24,10 +23,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from onnx_vs_timm import export_timm_standard, session  # noqa: E402
+from onnx_vs_timm import common_parser, export_pair, off_init_model, session  # noqa: E402
 
-from swinv2_serve import create_model  # noqa: E402
-from swinv2_serve.onnx_export import export_onnx  # noqa: E402
 from swinv2_serve.openvino_backend import compare_logits, compile_properties  # noqa: E402
 
 Engine = Callable[[np.ndarray], np.ndarray]
@@ -86,25 +83,15 @@ def fidelity(engines: dict[str, Engine], x: np.ndarray) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="swinv2_tiny_window8_256")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=24, help="timed iterations at batch 1 (divided by the batch)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser = common_parser(__doc__, iters=24, warmup=2)
     parser.add_argument("--check", type=int, default=32, help="random inputs for the fidelity columns")
-    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    model = create_model(args.model).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    model = off_init_model(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="swinv2_ov_bench_"))
     ours, timm = tmp / "ours.onnx", tmp / "timm.onnx"
-    export_onnx(model, ours)
-    export_timm_standard(args.model, model.state_dict(), model.cfg.img_size, timm, False)
+    export_pair(model, ours, timm)
     engines = build_engines(ours, timm, args.threads)
     rng = np.random.default_rng(0)
     check = rng.standard_normal((args.check, 3, *model.cfg.img_size), dtype=np.float32)

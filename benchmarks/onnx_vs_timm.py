@@ -44,6 +44,14 @@ def node_count(path: Path) -> int:
     return len(onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def emit(result: dict, path: Path | None) -> None:
+    """Print the results, and write them to ``path`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path is not None:
+        path.write_text(text + "\n")
+
+
 def common_parser(doc: str, *, iters: int, warmup: int) -> argparse.ArgumentParser:
     """Arguments every ours-vs-timm script shares."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -123,9 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
             "top1_agreement": float((outputs["ours"].argmax(1) == outputs["timm"].argmax(1)).mean()),
             "iters": iters,
         }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     return result
 
 

@@ -11,7 +11,6 @@ against ONNX Runtime fp32 of the same graph. Needs timm (the `dev` extra) and op
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from onnx_vs_timm import common_parser, export_pair, off_init_model, session  # noqa: E402
+from onnx_vs_timm import common_parser, emit, export_pair, off_init_model, session  # noqa: E402
 
 from swinv2_serve.openvino_backend import compare_logits, compile_properties  # noqa: E402
 
@@ -110,9 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ours_best_over_timm_best": round(ours_best / timm_best, 3),
             "iters": len(next(iter(times.values()))),
         }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     return result
 
 

@@ -33,7 +33,7 @@ from . import distributed as D
 from .data import ImageDataset, ShardSampler, TrainTransform, collate_skipping, load_splits
 from .mixing import mix_batch, soft_cross_entropy
 from .optim import ModelEma, build_optimizer, cosine_schedule
-from .resume import load_training_state, save_training_state, set_rng_state
+from .resume import restore_training_state, save_training_state
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -299,15 +299,7 @@ def fit(
 
     start_epoch, history, skipped_total = 0, [], 0
     if cfg.resume:
-        state = load_training_state(out)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None and "ema" in state:
-            ema.load_state_dict(state["ema"])
-        start_epoch, history, skipped_total = state["epoch"], state["history"], state["skipped"]
-        set_rng_state(state["rng"])
+        start_epoch, history, skipped_total = restore_training_state(out, model, optimizer, scheduler, scaler, ema)
     net: torch.nn.Module = DistributedDataParallel(model) if info.enabled else model
     eval_model = ema.module if ema is not None else model
     began = time.perf_counter()

@@ -61,3 +61,20 @@ def load_training_state(output: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise CheckpointError(f"--resume: {path} is not a readable training state ({exc})") from None
+
+
+def restore_training_state(out: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
+                           ema: Any = None) -> tuple[int, list[dict[str, Any]], int]:
+    """Resume from ``out/last.pt``: loads every stateful piece in place (and the RNGs).
+
+    Returns (epochs done, metrics history, images skipped so far).
+    """
+    state = load_training_state(out)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    if ema is not None and "ema" in state:
+        ema.load_state_dict(state["ema"])
+    set_rng_state(state["rng"])
+    return state["epoch"], state["history"], state["skipped"]

@@ -34,7 +34,7 @@ from . import distributed as D
 from .data import IMAGE_EXTENSIONS, DatasetError, ImageDataset, TrainTransform, collate_skipping
 from .finetune import TrainConfig, accumulate_and_step, configure_threads, default_workers, optimizer_state
 from .optim import build_optimizer, cosine_schedule
-from .resume import load_training_state, save_training_state, set_rng_state
+from .resume import restore_training_state, save_training_state
 
 
 @dataclass
@@ -172,13 +172,7 @@ def pretrain(
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
     start, history, skipped_total = 0, [], 0
     if cfg.resume:
-        state = load_training_state(out)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start, history, skipped_total = state["epoch"], state["history"], state["skipped"]
-        set_rng_state(state["rng"])
+        start, history, skipped_total = restore_training_state(out, net, optimizer, scheduler, scaler)
     model: nn.Module = DistributedDataParallel(net) if info.enabled else net
     began = time.perf_counter()
     last_epoch = cfg.epochs if cfg.stop_after_epoch is None else min(cfg.epochs, cfg.stop_after_epoch)

@@ -25,15 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SwinV2Config, resolve_config
-from .model import (
-    SHIFT_MASK_VALUE,
-    SwinV2,
-    WindowAttention,
-    relative_position_index,
-    shift_attention_mask,
-    shift_region_labels,
-    window_partition,
-)
+from .model import SHIFT_MASK_VALUE, SwinV2, WindowAttention, labels_to_mask, shift_window_labels, window_partition
 
 DENSE_TABLE_BYTES = 8 * 2**20  # above this a per-block table is stored compactly and expanded at run time
 NORM_EPS = 1e-12  # F.normalize's eps: |x| is clamped from below, never divided by 0
@@ -103,8 +95,9 @@ class TokenGather(nn.Module):
 class DeployAttention(nn.Module):
     """Cosine window attention with every input-independent term precomputed."""
 
-    def __init__(self, attn: WindowAttention, mask: torch.Tensor | None, num_windows: int,
+    def __init__(self, attn: WindowAttention, labels: torch.Tensor | None, num_windows: int,
                  dense_limit: int = DENSE_TABLE_BYTES) -> None:
+        """``labels``: [nW, N] shift-region id per window token (None for an unshifted block)."""
         super().__init__()
         self.num_heads = attn.num_heads
         self.dim = attn.dim
@@ -121,31 +114,31 @@ class DeployAttention(nn.Module):
             self.proj = nn.Linear(attn.dim, attn.dim)
             self.proj.load_state_dict(attn.proj.state_dict())
             self.register_buffer("q_scale", attn.logit_scale_value().detach().clone().view(1, -1, 1, 1))
-            table = 16.0 * torch.sigmoid(attn.cpb_mlp(attn.relative_coords_table))  # [(2Wh-1)(2Ww-1), heads]
-        bytes_bias = self.num_heads * n * n * 4
-        bytes_mask = num_windows * n * n * 4
-        self.mode = "dense"
-        if mask is not None and bytes_bias * num_windows <= dense_limit:
-            # mask folded into the bias: one constant [nW, heads, N, N]
-            dense = table[relative_position_index(window).view(-1)].view(n, n, -1).permute(2, 0, 1)
-            self.register_buffer("bias", (dense[None] + mask[:, None]).contiguous())
-            self.mode = "dense_masked"
-        elif bytes_bias <= dense_limit:
-            dense = table[relative_position_index(window).view(-1)].view(n, n, -1).permute(2, 0, 1)
-            self.register_buffer("bias", dense.contiguous())
-        else:
-            self.mode = "compact"
-            self.window = window
-            # [heads, 2Wh-1, 2Ww-1] + separable row/column offsets (Wh^2 and Ww^2 entries, not N^2)
-            self.register_buffer("bias_table", table.t().reshape(-1, 2 * window[0] - 1, 2 * window[1] - 1).contiguous())
-            self.register_buffer("offset_y", _pair_offsets(window[0]))
-            self.register_buffer("offset_x", _pair_offsets(window[1]))
-        self.mask_mode = "none" if mask is None or self.mode == "dense_masked" else (
+            bytes_bias = self.num_heads * n * n * 4
+            bytes_mask = num_windows * n * n * 4
+            self.mode = "dense"
+            if labels is not None and bytes_bias * num_windows <= dense_limit:
+                # mask folded into the bias: one constant [nW, heads, N, N]
+                masked = attn.position_bias()[None] + labels_to_mask(labels)[:, None]
+                self.register_buffer("bias", masked.contiguous())
+                self.mode = "dense_masked"
+            elif bytes_bias <= dense_limit:
+                self.register_buffer("bias", attn.position_bias().contiguous())
+            else:
+                self.mode = "compact"
+                self.window = window
+                # [heads, 2Wh-1, 2Ww-1] + separable row/column offsets (Wh^2 and Ww^2 entries, not N^2)
+                table = 16.0 * torch.sigmoid(attn.cpb_mlp(attn.relative_coords_table))  # [(2Wh-1)(2Ww-1), heads]
+                table = table.t().reshape(-1, 2 * window[0] - 1, 2 * window[1] - 1)
+                self.register_buffer("bias_table", table.contiguous())
+                self.register_buffer("offset_y", _pair_offsets(window[0]))
+                self.register_buffer("offset_x", _pair_offsets(window[1]))
+        self.mask_mode = "none" if labels is None or self.mode == "dense_masked" else (
             "dense" if bytes_mask <= dense_limit else "labels")
         if self.mask_mode == "dense":
-            self.register_buffer("mask", mask[:, None].contiguous())  # [nW, 1, N, N]
+            self.register_buffer("mask", labels_to_mask(labels)[:, None].contiguous())  # [nW, 1, N, N]
         elif self.mask_mode == "labels":
-            self.register_buffer("mask_labels", _mask_labels(mask))  # [nW, N] region id per token
+            self.register_buffer("mask_labels", labels.clone())  # [nW, N]: tokens attend iff same id
 
     def position_bias(self) -> torch.Tensor:
         if self.mode == "compact":  # bias[h, (yi, xi), (yj, xj)] = table[h, yi - yj, xi - xj]
@@ -189,28 +182,14 @@ def _pair_offsets(size: int) -> torch.Tensor:
     return (i[:, None] - i[None, :] + size - 1).reshape(-1)
 
 
-def _mask_labels(mask: torch.Tensor) -> torch.Tensor:
-    """Region ids per window token that reproduce a 0/-100 mask (tokens attend iff same id)."""
-    labels = torch.empty(mask.shape[0], mask.shape[1])
-    for w in range(mask.shape[0]):
-        same = mask[w] == 0
-        ids = torch.full((mask.shape[1],), -1.0)
-        next_id = 0
-        for i in range(mask.shape[1]):
-            if ids[i] < 0:
-                ids[same[i]] = next_id
-                next_id += 1
-        labels[w] = ids
-    return labels
-
-
 class DeployBlock(nn.Module):
     def __init__(self, block, num_windows: int, dense_limit: int) -> None:  # noqa: ANN001 - SwinV2Block
         super().__init__()
         self.n = block.window[0] * block.window[1]
         self.length = num_windows * self.n
         self.dim = block.norm1.normalized_shape[0]
-        self.attn = DeployAttention(block.attn, block.attn_mask, num_windows, dense_limit)
+        labels = shift_window_labels(block.resolution, block.window, block.shift) if any(block.shift) else None
+        self.attn = DeployAttention(block.attn, labels, num_windows, dense_limit)
         self.norm1 = block.norm1
         self.mlp = block.mlp
         self.norm2 = block.norm2
@@ -307,5 +286,4 @@ def to_deploy(
     return DeploySwinV2(model.eval(), cfg, dense_limit).eval()
 
 
-__all__ = ["DeploySwinV2", "to_deploy", "window_order", "transition_index", "merge_index", "shift_attention_mask",
-           "shift_region_labels"]
+__all__ = ["DeployAttention", "DeploySwinV2", "merge_index", "to_deploy", "transition_index", "window_order"]

@@ -80,16 +80,27 @@ def window_merge(windows: torch.Tensor, window: tuple[int, int], size: tuple[int
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
 
 
+def shift_window_labels(
+    resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+) -> torch.Tensor:
+    """[nW, N] region id of every token of every (shifted, padded) window."""
+    labels = shift_region_labels(resolution, window, shift)
+    return window_partition(labels[None, :, :, None], window).squeeze(-1)
+
+
+def labels_to_mask(labels: torch.Tensor) -> torch.Tensor:
+    """[nW, N] region ids -> [nW, N, N] additive mask: -100 between tokens of different regions, else 0."""
+    differs = labels[:, None, :] != labels[:, :, None]
+    return torch.zeros(differs.shape).masked_fill(differs, SHIFT_MASK_VALUE)
+
+
 def shift_attention_mask(
     resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
 ) -> torch.Tensor | None:
     """[nW, N, N] additive mask (0 or -100) for the shifted windows, None without a shift."""
     if not any(shift):
         return None
-    labels = shift_region_labels(resolution, window, shift)
-    per_window = window_partition(labels[None, :, :, None], window).squeeze(-1)  # nW, N
-    differs = per_window[:, None, :] != per_window[:, :, None]
-    return torch.zeros(differs.shape).masked_fill(differs, SHIFT_MASK_VALUE)
+    return labels_to_mask(shift_window_labels(resolution, window, shift))
 
 
 # -- building blocks -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -350,17 +350,24 @@ def fit(
     return model, metrics
 
 
-def run_finetune(cfg: TrainConfig) -> dict[str, Any]:
-    """Data directory -> trained checkpoint; returns the final metrics (also in ``output/metrics.json``)."""
-    if cfg.data is None:
-        raise SwinV2ServeError("--data DIR is required (one sub-folder per class), or use --demo digits")
+@contextlib.contextmanager
+def training_process(cfg: TrainConfig) -> Iterator[D.DistInfo]:
+    """This process's part of a (possibly torchrun) job: process group, threads, seed; torn down at the end."""
     info = D.init_distributed(cfg.device)
     try:
         configure_threads(cfg, info)
         torch.manual_seed(cfg.seed)
+        yield info
+    finally:
+        D.cleanup()
+
+
+def run_finetune(cfg: TrainConfig) -> dict[str, Any]:
+    """Data directory -> trained checkpoint; returns the final metrics (also in ``output/metrics.json``)."""
+    if cfg.data is None:
+        raise SwinV2ServeError("--data DIR is required (one sub-folder per class), or use --demo digits")
+    with training_process(cfg) as info:
         train_split, val_split = load_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
         model = build_model(cfg, len(train_split.classes))
         _, metrics = fit(model, train_split.samples, val_split.samples, train_split.classes, cfg, info)
         return metrics
-    finally:
-        D.cleanup()

@@ -32,7 +32,7 @@ from ..errors import SwinV2ServeError
 from ..model import SwinV2, create_model
 from . import distributed as D
 from .data import IMAGE_EXTENSIONS, DatasetError, ImageDataset, TrainTransform, collate_skipping
-from .finetune import TrainConfig, accumulate_and_step, configure_threads, default_workers, optimizer_state
+from .finetune import TrainConfig, accumulate_and_step, default_workers, optimizer_state, training_process
 from .optim import build_optimizer, cosine_schedule
 from .resume import restore_training_state, save_training_state
 
@@ -233,13 +233,8 @@ def run_simmim(cfg: TrainConfig, scfg: SimMIMConfig | None = None) -> dict[str, 
     """Data directory (labels ignored) -> pretrained encoder checkpoint; returns the metrics."""
     if cfg.data is None:
         raise SwinV2ServeError("--simmim needs --data DIR")
-    info = D.init_distributed(cfg.device)
-    try:
-        configure_threads(cfg, info)
-        torch.manual_seed(cfg.seed)
+    with training_process(cfg) as info:
         samples = scan_images(cfg.data)
         encoder = build_encoder(cfg)
         _, metrics = pretrain(encoder, samples, cfg, scfg or SimMIMConfig(), info)
         return metrics
-    finally:
-        D.cleanup()

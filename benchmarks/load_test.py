@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,16 +35,6 @@ IMAGES = Path(os.environ.get("SWINV2_SERVE_IMAGES", REPO.parent / "shared" / "im
 PHOTOS = ["astronaut.jpg", "cat.jpg", "coffee.jpg", "rocket.jpg", "hubble.jpg", "motorcycle.png", "camera_gray.png",
           "logo_rgba.png"]
 NAME = "load"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def export_model(path: Path) -> Path:
@@ -145,6 +134,7 @@ def main() -> int:
 
     from swinv2_serve.preprocess import Preprocess
     from swinv2_serve.runtime import read_onnx_metadata
+    from swinv2_serve.server import free_ports
 
     work = Path(tempfile.mkdtemp(prefix="swinv2_load_"))
     onnx = export_model(work / "nano.onnx")

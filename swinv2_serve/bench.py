@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -559,24 +558,11 @@ def timm_runner(backend: str, precision: str, model: Any, cfg: Any, onnx_path: P
     raise SwinV2ServeError(f"no timm peer for {backend}")
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @contextlib.contextmanager
 def triton_server(onnx_path: Path, name: str, threads: int, max_batch: int, queue_delay_us: int,
                   log_file: Path) -> Iterator[Any]:
     """The embedded Triton server for one exported resolution, on free ports; always stopped."""
-    from .server import EmbeddedServer, ServerConfig
+    from .server import EmbeddedServer, ServerConfig, free_ports
 
     http, grpc, metrics = free_ports(3)
     config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=max_batch,

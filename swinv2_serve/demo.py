@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,12 +27,6 @@ def step(index: int, total: int, title: str) -> Iterator[None]:
     began = time.perf_counter()
     yield
     print(f"      done in {time.perf_counter() - began:.1f}s", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def holdout_images(folder: Path, per_class: int) -> list[tuple[Path, str]]:
@@ -69,7 +62,7 @@ def run_demo(
     from .client import Classifier
     from .onnx_export import export_onnx
     from .repository import write_repository
-    from .server import ServerConfig, running
+    from .server import ServerConfig, free_ports, running
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -114,7 +107,8 @@ def run_demo(
             write_repository(repository, name, onnx=exports[img].path, kind="cpu", max_batch=16)
             print(f"      {name}/, {name}_preprocess/, {name}_image/")
 
-    config = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), max_batch=16,
+    http_port, grpc_port, metrics_port = free_ports(3)
+    config = ServerConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, max_batch=16,
                           log_file=str(output / "tritonserver.log"))
     with step(4, total, f"serve {DEMO_NAME} with the embedded Triton server (HTTP :{config.http_port}, "
                         f"gRPC :{config.grpc_port}, metrics :{config.metrics_port}) and classify"), \

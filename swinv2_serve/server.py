@@ -91,6 +91,15 @@ def ensure_libpython_path() -> None:
         os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *[p for p in parts if p != libdir]])
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free TCP ports on ``host`` (all held open together, so they differ)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+
+
 def check_ports_free(config: ServerConfig) -> None:
     """A port already taken becomes one line naming it and the flag that changes it."""
     seen: dict[int, str] = {}
@@ -402,4 +411,5 @@ def running(*args: Any, **kwargs: Any) -> Iterator[EmbeddedServer]:
         yield server
 
 
-__all__ = ["EmbeddedServer", "ServerConfig", "check_ports_free", "ensure_libpython_path", "running", "serve"]
+__all__ = ["EmbeddedServer", "ServerConfig", "check_ports_free", "ensure_libpython_path", "free_ports", "running",
+           "serve"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import zlib
 from collections.abc import Iterator
@@ -60,20 +59,6 @@ def _export_by_hand(model, path: Path) -> Path:  # noqa: ANN001
     return path
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def decompression_bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A ~100-byte PNG whose header declares width x height pixels (10 gigapixels by default)."""
 
@@ -88,7 +73,7 @@ def decompression_bomb_png(width: int = 100_000, height: int = 100_000) -> bytes
 @contextmanager
 def running_server(onnx_path: Path, name: str, max_batch: int, log_dir: Path) -> Iterator[Any]:
     """A real embedded Triton server on free loopback ports, its log in ``log_dir``; always stopped."""
-    from swinv2_serve.server import ServerConfig, serve
+    from swinv2_serve.server import ServerConfig, free_ports, serve
 
     http, grpc, metrics = free_ports(3)
     config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=max_batch,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _serving import export_small_onnx, free_ports, running_server
+from _serving import export_small_onnx, running_server
 from PIL import Image
 
 from swinv2_serve.cli import main
@@ -15,6 +15,7 @@ from swinv2_serve.client import Classifier, Prediction
 from swinv2_serve.errors import ServerError
 from swinv2_serve.preprocess import Preprocess
 from swinv2_serve.runtime import load
+from swinv2_serve.server import free_ports
 
 NAME = "cnano"
 MAX_BATCH = 4

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from _serving import export_small_onnx, free_ports  # noqa: E402
+from _serving import export_small_onnx  # noqa: E402
 from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
 from swinv2_serve.openvino_backend import (  # noqa: E402
@@ -145,7 +145,7 @@ def test_server_openvino_round_trip(onnx_path: Path, ort, photos: np.ndarray, ph
                                     tmp_path: Path) -> None:  # noqa: ANN001
     import tritonclient.http as httpclient
 
-    from swinv2_serve.server import ServerConfig, serve
+    from swinv2_serve.server import ServerConfig, free_ports, serve
 
     http, grpc, metrics = free_ports(3)
     config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=8,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from _serving import decompression_bomb_png, export_small_onnx, free_ports, running_server
+from _serving import decompression_bomb_png, export_small_onnx, running_server
 from conftest import GOOD_IMAGES
 from tritonclient.utils import InferenceServerException
 
@@ -26,7 +26,7 @@ from swinv2_serve.errors import ServerError
 from swinv2_serve.labels import imagenet1k_labels
 from swinv2_serve.preprocess import Preprocess
 from swinv2_serve.runtime import load
-from swinv2_serve.server import ServerConfig, serve
+from swinv2_serve.server import ServerConfig, free_ports, serve
 
 NAME = "nano"
 MAX_BATCH = 8

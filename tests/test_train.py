@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from swinv2_serve import create_model, load_model
 from swinv2_serve.checkpoint import save_checkpoint
 from swinv2_serve.cli import main as cli_main
 from swinv2_serve.errors import CheckpointError
+from swinv2_serve.server import free_ports
 from swinv2_serve.train import TrainConfig, run_finetune
 from swinv2_serve.train.data import DatasetError, load_splits
 from swinv2_serve.train.digits import digit_images, run_digits_demo
@@ -177,12 +177,6 @@ def test_simmim_loss_decreases_and_checkpoint_finetunes(digits_dir: Path, tmp_pa
 
 
 # -- DDP ---------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, zero: bool) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -203,7 +197,7 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, zero: boo
 
 @pytest.mark.parametrize("zero", [False, True], ids=["ddp", "ddp-zero"])
 def test_ddp_two_gloo_processes_agree(digits_dir: Path, tmp_path: Path, zero: bool) -> None:
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(digits_dir), str(tmp_path), zero), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_ports(1)[0], str(digits_dir), str(tmp_path), zero), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     init = create_model(NANO, num_classes=3).state_dict()

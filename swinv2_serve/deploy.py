@@ -260,6 +260,19 @@ class DeploySwinV2(nn.Module):
         return self.head(self.norm(x).mean(dim=1))
 
 
+def resize_model(
+    model: SwinV2,
+    *,
+    img_size: int | tuple[int, int] | None = None,
+    window_size: int | tuple[int, ...] | None = None,
+) -> SwinV2:
+    """The same weights as a new train-time model at another resolution / window (the log-CPB transfer:
+    the CPB normaliser stays the one the model was trained with). The original is untouched."""
+    target = SwinV2(resolve_config(model.cfg, img_size=img_size, window_size=window_size))
+    target.load_state_dict(model.state_dict())
+    return target.eval()
+
+
 @torch.no_grad()
 def to_deploy(
     model: SwinV2,
@@ -270,20 +283,17 @@ def to_deploy(
 ) -> DeploySwinV2:
     """Re-parameterise a trained SwinV2 for inference, optionally at a new resolution / window size.
 
-    A new size rebuilds the train-time model at that geometry (same weights, CPB normaliser kept from
-    training), then folds it. The result holds no CPB MLP and computes the same logits.
+    A new size goes through ``resize_model`` first. The result holds no CPB MLP, shares no module with
+    ``model`` and computes the same logits.
     """
     if not isinstance(model, SwinV2):
         raise TypeError(f"to_deploy expects a swinv2_serve SwinV2, got {type(model).__name__}")
-    cfg = model.cfg
     if img_size is not None or window_size is not None:
-        cfg = resolve_config(cfg, img_size=img_size, window_size=window_size)
-        target = SwinV2(cfg)
-        target.load_state_dict(model.state_dict())
-        model = target
+        model = resize_model(model, img_size=img_size, window_size=window_size)
     else:
         model = copy.deepcopy(model)  # the deploy form must not share modules with a model that may train on
-    return DeploySwinV2(model.eval(), cfg, dense_limit).eval()
+    return DeploySwinV2(model.eval(), model.cfg, dense_limit).eval()
 
 
-__all__ = ["DeployAttention", "DeploySwinV2", "merge_index", "to_deploy", "transition_index", "window_order"]
+__all__ = ["DeployAttention", "DeploySwinV2", "merge_index", "resize_model", "to_deploy", "transition_index",
+           "window_order"]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import SwinV2Config
-from .deploy import DeploySwinV2, to_deploy
+from .deploy import DeploySwinV2, resize_model, to_deploy
 from .errors import ExportError
 from .model import SwinV2
 from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
@@ -120,8 +120,9 @@ def export_onnx(
             raise ExportError("a deploy-form model is fixed to its resolution; pass the train-time model to resize")
         deploy, reference = model, model
     else:
-        deploy = to_deploy(model, img_size=img_size, window_size=window_size)
-        reference = model if img_size is None and window_size is None else None
+        if img_size is not None or window_size is not None:
+            model = resize_model(model, img_size=img_size, window_size=window_size)  # the truth at the new size
+        deploy, reference = to_deploy(model), model
     cfg = deploy.cfg
     if fp16:
         from .precision import to_half_with_fp32_islands
@@ -163,12 +164,6 @@ def export_onnx(
         metadata=metadata,
     )
     if verify:
-        if reference is None:  # resized export: the truth is the train-time model rebuilt at the new size
-            from .model import SwinV2 as _SwinV2
-
-            reference = _SwinV2(cfg)
-            reference.load_state_dict(model.state_dict())
-            reference.eval()
         result.max_abs_diff, result.top1_agreement = verify_onnx(path, reference, fp16=fp16, atol=atol)
     result.seconds = time.perf_counter() - start
     return result

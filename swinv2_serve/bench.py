@@ -288,7 +288,7 @@ def load_bench_model(model: str | None, checkpoint: Path | None, seed: int = 0) 
 
 def window_at(cfg: Any, img: int) -> int:
     """The window for ``img``: the export command's rule (scaled with the image: 8 @ 256 -> 16 @ 512)."""
-    from .commands.export import window_for
+    from .config import window_for
 
     return window_for(cfg.img_size[0], cfg.window_size[0], img)
 

@@ -225,6 +225,13 @@ def get_config(name: str) -> SwinV2Config:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
 
 
+def window_for(native_img: int, native_window: int, img: int) -> int:
+    """The window at ``img`` that keeps the trained window-to-image ratio (8 @ 256 -> 16 @ 512; at least 1)."""
+    if img == native_img:
+        return native_window
+    return max(1, round(native_window * img / native_img))
+
+
 def resolve_config(
     name: str | SwinV2Config,
     *,

@@ -88,7 +88,7 @@ def run_demo(
     native = model.cfg.img_size[0]
     sizes = [native, native + native // 2]
     with step(2, total, f"export the deploy form to ONNX at {sizes[0]}px and {sizes[1]}px (verified in ONNX Runtime)"):
-        from .commands.export import window_for
+        from .config import window_for
 
         exports = {}
         for img in sizes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import window_for
 from ..errors import SwinV2ServeError
 
 
@@ -38,13 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..tensorrt_build import add_tensorrt_arguments
 
     add_tensorrt_arguments(parser)
-
-
-def window_for(native_img: int, native_window: int, img: int) -> int:
-    """The window at ``img`` that keeps the trained window-to-image ratio (at least 1)."""
-    if img == native_img:
-        return native_window
-    return max(1, round(native_window * img / native_img))
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202

@@ -24,21 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from onnx_vs_timm import common_parser, emit, export_pair, off_init_model, session  # noqa: E402
 
-from swinv2_serve.openvino_backend import compare_logits, compile_properties  # noqa: E402
+from swinv2_serve.openvino_backend import compare_logits, compile_onnx_dynamic_batch  # noqa: E402
 
 Engine = Callable[[np.ndarray], np.ndarray]
-
-
-def openvino_engine(path: Path, precision: str, threads: int) -> Engine:
-    import openvino as ov
-
-    core = ov.Core()
-    model = core.read_model(str(path))
-    model.reshape({model.input(0): ov.PartialShape([-1, *model.input(0).get_partial_shape()[1:]])})
-    compiled = core.compile_model(model, "CPU", compile_properties(precision, "latency", threads, None))
-    request = compiled.create_infer_request()
-    output = compiled.output(0)  # logits in both graphs
-    return lambda x: request.infer({0: x})[output]
 
 
 def ort_engine(path: Path, threads: int) -> Engine:
@@ -49,9 +37,9 @@ def ort_engine(path: Path, threads: int) -> Engine:
 
 def build_engines(ours: Path, timm: Path, threads: int) -> dict[str, Engine]:
     engines: dict[str, Engine] = {}
-    for graph, path in (("ours", ours), ("timm", timm)):
-        engines[f"{graph}/openvino-bf16"] = openvino_engine(path, "bf16", threads)
-        engines[f"{graph}/openvino-fp32"] = openvino_engine(path, "fp32", threads)
+    for graph, path in (("ours", ours), ("timm", timm)):  # logits are output 0 in both graphs
+        engines[f"{graph}/openvino-bf16"] = compile_onnx_dynamic_batch(path, "bf16", threads)
+        engines[f"{graph}/openvino-fp32"] = compile_onnx_dynamic_batch(path, "fp32", threads)
         engines[f"{graph}/onnxruntime-fp32"] = ort_engine(path, threads)
     return engines
 

@@ -6,15 +6,19 @@
    ``torch.onnx.export`` of ``timm.create_model`` on the same weights) in a fresh child process, which
    reports the export time and its peak RSS (``VmHWM`` of the child from /proc/self/status at the
    end, and that minus the child's RSS just before the export started);
-2. build one runner per backend (torch deploy form, ONNX Runtime, Triton over HTTP/gRPC through the
-   embedded server and the package's ``Classifier``) plus the timm peers (timm's ONNX in ONNX Runtime
-   with identical session options, timm eager in torch);
+2. build one runner per backend (torch deploy form, ONNX Runtime, OpenVINO CPU in fp32 / bf16, Triton
+   over HTTP/gRPC through the embedded server and the package's ``Classifier``) plus the timm peers
+   (timm's ONNX in ONNX Runtime with identical session options, timm's ONNX compiled by OpenVINO with
+   the same compile properties and precision, timm eager in torch);
 3. per batch and precision, call every runner in turn, round-robin (ours, timm, ours, timm ...), so
    machine noise hits each number and its peer alike; warm-up rounds first, then rounds until each
    runner has ``min_iters`` samples and ``min_time`` seconds have passed (or a fixed ``iters``).
 
-Results are ``BenchResult`` rows (p50/p90/p99/mean latency, images/s, ratio ours/timm), ``ExportRecord``
-rows, machine facts and the reasons for everything skipped; written as CSV + JSON + Markdown + PNG.
+Results are ``BenchResult`` rows (p50/p90/p99/mean latency, images/s, ratio ours/timm; reduced-precision
+rows also their top-1 agreement and max relative logit error against fp32 of the same backend on the
+same batch), ``ExportRecord`` rows, machine facts and the reasons for everything skipped (a backend not
+installed, OpenVINO bf16 on a CPU without BF16: never fp32 timed under a bf16 label); written as
+CSV + JSON + Markdown + PNG.
 Nothing here asserts a speed: the numbers are recorded, not judged.
 """
 
@@ -47,20 +51,25 @@ from .errors import SwinV2ServeError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "triton-http", "triton-grpc")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt", "triton-http", "triton-grpc")
 PRECISIONS = ("fp32", "fp16", "bf16")
 COMPARE = ("timm",)
 OURS, TIMM = "ours", "timm"
 TRITON_PROTOCOLS = {"triton-http": "http", "triton-grpc": "grpc"}
-# precisions each backend can run on this code path (ONNX Runtime / Triton here run the fp32 export)
+# precisions each backend can run on this code path (ONNX Runtime / Triton here run the fp32 export;
+# OpenVINO compiles it with INFERENCE_PRECISION_HINT f32 or bf16)
 BACKEND_PRECISIONS = {
     "torch": PRECISIONS,
     "onnxruntime": ("fp32",),
+    "openvino": ("fp32", "bf16"),
     "tensorrt": ("fp32", "fp16"),
     "triton-http": ("fp32",),
     "triton-grpc": ("fp32",),
 }
-LIBRARIES = ("torch", "onnxruntime", "onnx", "timm", "numpy", "nvidia-pytriton", "tritonclient", "tensorrt",
+ONNX_BACKENDS = ("onnxruntime", "openvino", "tensorrt", *TRITON_PROTOCOLS)  # run our ONNX export
+TIMM_ONNX_PEERS = ("onnxruntime", "openvino")  # their timm peer runs timm's standard ONNX export
+TIMM_PEERS = ("torch", *TIMM_ONNX_PEERS)
+LIBRARIES = ("torch", "onnxruntime", "openvino", "onnx", "timm", "numpy", "nvidia-pytriton", "tritonclient", "tensorrt",
              "matplotlib", "psutil")
 
 
@@ -136,6 +145,9 @@ class BenchResult:
     images_per_s: float | None = None  # batch / mean latency
     ratio_vs_timm: float | None = None  # ours p50 / timm p50 (ours rows with a measured peer)
     max_abs_logit_diff_vs_timm: float | None = None
+    # reduced-precision ours rows with an ours fp32 row of the same backend in the cell (same input batch):
+    top1_agreement_vs_fp32: float | None = None
+    max_rel_logit_err_vs_fp32: float | None = None  # max over the batch of max|x - fp32| / max|fp32|
 
     @property
     def label(self) -> str:
@@ -189,6 +201,9 @@ METHOD = {
     "percentiles": "numpy.percentile (linear) over the samples; with few samples p99 is close to the max",
     "images_per_s": "batch / mean latency",
     "ratio_vs_timm": "ours p50 / timm p50, same weights, same backend, same session options, same loop",
+    "vs_fp32": "reduced-precision ours rows: top-1 agreement and max relative logit error (per image max|x - fp32| "
+               "/ max|fp32|, max over the batch) against ours fp32 of the same backend on the same input batch "
+               "(first warm-up call of each runner)",
     "export_memory": "each export runs in a fresh interpreter (subprocess); peak_rss_mb = VmHWM of /proc/self/status "
                      "at its end (the process's own peak RSS: interpreter, torch, model and export; ru_maxrss is not "
                      "used because Linux carries the parent's RSS into it across fork+exec), rss_increase_mb = peak "
@@ -543,6 +558,14 @@ def ours_runner(backend: str, precision: str, model: Any, cfg: Any, onnx_path: P
         assert onnx_path is not None
         ort_runtime = OnnxRuntime(onnx_path, threads=threads)
         return Runner(backend, OURS, precision, lambda x: ort_runtime(x)["logits"])
+    if backend == "openvino":
+        from .openvino_backend import OpenVINORuntime
+
+        assert onnx_path is not None
+        ov_runtime = OpenVINORuntime(onnx_path, precision=precision, threads=threads, hint="latency", fidelity="off")
+        if ov_runtime.precision != precision:  # resolve_precision fell back: never time fp32 under a bf16 label
+            raise SwinV2ServeError(f"openvino compiled {ov_runtime.precision}, not the requested {precision}")
+        return Runner(backend, OURS, precision, lambda x: ov_runtime(x)["logits"], ov_runtime.close)
     raise SwinV2ServeError(f"no local runner for {backend}")
 
 
@@ -555,6 +578,11 @@ def timm_runner(backend: str, precision: str, model: Any, cfg: Any, onnx_path: P
         assert onnx_path is not None
         session = ort_session(onnx_path, threads)
         return Runner(backend, TIMM, precision, lambda x: session.run(["logits"], {"input": x})[0])
+    if backend == "openvino":
+        from .openvino_backend import compile_onnx_dynamic_batch
+
+        assert onnx_path is not None
+        return Runner(backend, TIMM, precision, compile_onnx_dynamic_batch(onnx_path, precision, threads))
     raise SwinV2ServeError(f"no timm peer for {backend}")
 
 
@@ -662,6 +690,36 @@ def pair_with_timm(rows: list[BenchResult], samples: Samples) -> None:
         row.max_abs_logit_diff_vs_timm = float(np.abs(ours_out - timm_out).max())
 
 
+def compare_with_fp32(rows: list[BenchResult], outputs: dict[tuple[str, str, str], np.ndarray]) -> None:
+    """Fill top-1 agreement / max relative logit error on reduced-precision ours rows with an ours fp32 peer."""
+    from .openvino_backend import compare_logits
+
+    for row in rows:
+        reference = outputs.get((row.backend, OURS, "fp32"))
+        if row.impl != OURS or row.precision == "fp32" or row.status != "ok" or reference is None:
+            continue
+        report = compare_logits(reference, outputs[(row.backend, OURS, row.precision)], row.precision)
+        row.top1_agreement_vs_fp32 = report.top1_agreement
+        row.max_rel_logit_err_vs_fp32 = round(report.max_rel_error, 6)
+
+
+def precision_unavailable_reason(backend: str, precision: str, openvino_caps: Sequence[str] = ()) -> str | None:
+    """Why ``backend`` does not run ``precision`` here, or None; ``openvino_caps``: OpenVINO's CPU capabilities."""
+    supported = BACKEND_PRECISIONS[backend]
+    if precision not in supported:
+        if supported == ("fp32",):
+            return (f"{backend} runs the fp32 export on this code path; {precision} is for GPU engines "
+                    "(export --onnx-fp16 / --format trt)")
+        return f"{backend} runs {' / '.join(supported)} on this code path, not {precision}"
+    if backend == "openvino":
+        from .openvino_backend import resolve_precision
+
+        if resolve_precision(precision, openvino_caps)[0] != precision:
+            return (f"this CPU has no {precision} support (OpenVINO CPU capabilities: "
+                    f"{', '.join(openvino_caps) or 'none'}; needs AVX512_BF16 or AMX): skipped, not run as fp32")
+    return None
+
+
 # -- the sweep -------------------------------------------------------------------------------------------------
 class _Sweep:
     """State of one run: model, exports, rows; one method per step."""
@@ -680,6 +738,7 @@ class _Sweep:
         self.results: list[BenchResult] = []
         self.exports: list[ExportRecord] = []
         self.skipped = self._unavailable()
+        self.precision_skips = self._precision_skips()
         self.machine = machine_facts(self.threads)
         self.rng = np.random.default_rng(config.seed)
 
@@ -702,6 +761,17 @@ class _Sweep:
         for name, reason in reasons.items():
             print(f"bench: skipping {name}: {reason}", file=sys.stderr)
         return reasons
+
+    def _precision_skips(self) -> dict[tuple[str, str], str]:
+        """(backend, precision) -> why it is not run here, for the backends that can run at all."""
+        caps: list[str] = []
+        if "openvino" in self.config.backends and "openvino" not in self.skipped:
+            from .openvino_backend import cpu_capabilities
+
+            caps = cpu_capabilities()
+        reasons = {(b, p): precision_unavailable_reason(b, p, caps)
+                   for b in self.config.backends if b not in self.skipped for p in self.config.precisions}
+        return {key: reason for key, reason in reasons.items() if reason}
 
     def compare_here(self, img: int) -> bool:
         wanted = self.config.compare_img_sizes
@@ -756,8 +826,8 @@ class _Sweep:
 
     def _exports(self, cfg: Any, img: int, window: int, workdir: Path, weights: Path,
                  runnable: list[str]) -> dict[str, Path | None]:
-        needs_onnx = any(b in ("onnxruntime", "tensorrt", *TRITON_PROTOCOLS) for b in runnable)
-        impls = [OURS] + ([TIMM] if self.compare_here(img) and "onnxruntime" in runnable else [])
+        needs_onnx = any(b in ONNX_BACKENDS for b in runnable)
+        impls = [OURS] + ([TIMM] if self.compare_here(img) and any(b in TIMM_ONNX_PEERS for b in runnable) else [])
         paths: dict[str, Path | None] = {OURS: None, TIMM: None}
         if not needs_onnx:
             return paths
@@ -778,9 +848,9 @@ class _Sweep:
         compare = self.compare_here(img)
         for backend in runnable:
             for precision in self.config.precisions:
-                if precision not in BACKEND_PRECISIONS[backend]:
+                if (backend, precision) in self.precision_skips:
                     continue
-                impls = [OURS] + ([TIMM] if compare and backend in ("torch", "onnxruntime") else [])
+                impls = [OURS] + ([TIMM] if compare and backend in TIMM_PEERS else [])
                 for impl in impls:
                     try:
                         runner = self._make_runner(backend, impl, precision, cfg, img, paths, stack, workdir)
@@ -809,7 +879,7 @@ class _Sweep:
         if backend == "tensorrt":
             return self._tensorrt_runner(precision, img, paths[OURS], workdir)
         path = paths[impl]
-        if backend == "onnxruntime" and path is None:
+        if backend in TIMM_ONNX_PEERS and path is None:
             raise SwinV2ServeError(f"{impl} ONNX export failed at {img}px (see exports)")
         factory = ours_runner if impl == OURS else timm_runner
         return factory(backend, precision, self.model, cfg, path, self.threads)
@@ -836,15 +906,14 @@ class _Sweep:
         c = self.config
         for backend in c.backends:  # what does not run here gets a row saying why
             for precision in c.precisions:
-                if backend in self.skipped:
-                    self.row(cfg, batch, backend, OURS, precision, "skipped", self.skipped[backend])
-                elif precision not in BACKEND_PRECISIONS[backend]:
-                    self.row(cfg, batch, backend, OURS, precision, "skipped",
-                             f"{backend} runs the fp32 export on this code path; {precision} is for GPU engines "
-                             "(export --onnx-fp16 / --format trt)")
+                reason = self.skipped.get(backend) or self.precision_skips.get((backend, precision))
+                if reason:
+                    self.row(cfg, batch, backend, OURS, precision, "skipped", reason)
         for key, reason in self.runner_errors.items():
             self.row(cfg, batch, *key, status="error", reason=reason)
         x = self.rng.standard_normal((batch, 3, *cfg.img_size), dtype=np.float32)
+        measured: list[BenchResult] = []
+        outputs: dict[tuple[str, str, str], np.ndarray] = {}
         for precision in c.precisions:
             group = [r for r in runners if r.precision == precision]
             if not group:
@@ -859,6 +928,9 @@ class _Sweep:
             cell = [self.row(cfg, batch, r.backend, r.impl, precision, "ok", **summarise(samples.times_ms[r.key],
                                                                                        batch)) for r in group]
             pair_with_timm(cell, samples)
+            measured += cell
+            outputs.update(samples.first_output)
+        compare_with_fp32(measured, outputs)
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -1043,10 +1115,19 @@ def markdown_report(report: BenchReport) -> str:
         out += ["### Ours vs timm (same weights, same loop, interleaved)", "",
                 "| img | batch | backend | precision | ours p50 ms | timm p50 ms | ours/timm | max abs logit diff |",
                 "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
-        for r in sorted(pairs, key=lambda r: (r.backend, r.img_size, r.batch)):
+        for r in sorted(pairs, key=lambda r: (r.backend, r.img_size, r.batch, r.precision)):
             peer = peers[(r.img_size, r.batch, r.backend, r.precision)]
             out.append(f"| {r.img_size} | {r.batch} | {r.backend} | {r.precision} | {_fmt(r.p50_ms)} | "
                        f"{_fmt(peer.p50_ms)} | **{r.ratio_vs_timm:.3f}** | {r.max_abs_logit_diff_vs_timm:.2g} |")
+        out.append("")
+    reduced = [r for r in ok if r.top1_agreement_vs_fp32 is not None]
+    if reduced:
+        out += ["### Reduced precision vs fp32 (ours, same backend, same input batch)", "",
+                "| img | batch | backend | precision | top-1 agreement | max rel logit error |",
+                "| ---: | ---: | --- | --- | ---: | ---: |"]
+        out += [f"| {r.img_size} | {r.batch} | {r.backend} | {r.precision} | {r.top1_agreement_vs_fp32:.0%} | "
+                f"{r.max_rel_logit_err_vs_fp32:.2g} |"
+                for r in sorted(reduced, key=lambda r: (r.backend, r.img_size, r.batch, r.precision))]
         out.append("")
     if report.exports:
         out += ["### Export time and peak memory (one child process per export)", "",

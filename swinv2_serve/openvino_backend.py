@@ -180,6 +180,22 @@ def compile_properties(precision: str, hint: str, threads: int | None, cache_dir
     return props
 
 
+def compile_onnx_dynamic_batch(path: str | os.PathLike, precision: str, threads: int | None,
+                               hint: str = "latency") -> Callable[[np.ndarray], np.ndarray]:
+    """Any ONNX (e.g. timm's standard export) compiled for the CPU with batch -1, as ``x -> output 0``.
+
+    No metadata or I/O names are required (unlike ``OpenVINORuntime``); the output is a float32 copy.
+    """
+    ov = require_openvino()
+    core = ov.Core()
+    model = core.read_model(os.fspath(path))
+    model.reshape({model.input(0): ov.PartialShape([-1, *model.input(0).get_partial_shape()[1:]])})
+    compiled = core.compile_model(model, DEVICE, compile_properties(precision, hint, threads, None))
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+    return lambda x: np.array(request.infer({0: x})[output], dtype=np.float32, copy=True)
+
+
 # -- runtime ----------------------------------------------------------------------------------------------------
 class OpenVINORuntime(Runtime):
     """An OpenVINO CPU compile of our ONNX / IR. See the module docstring for the options."""

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from swinv2_serve import create_model
-from swinv2_serve.bench import CSV_FIELDS, EXPORT_FIELDS, budget_reason, estimate_memory_bytes, resized_config
+from swinv2_serve.bench import (
+    CSV_FIELDS,
+    EXPORT_FIELDS,
+    budget_reason,
+    estimate_memory_bytes,
+    precision_unavailable_reason,
+    resized_config,
+)
 from swinv2_serve.cli import main
 
 MODEL = "swinv2_nano_window4_64"
@@ -138,3 +145,80 @@ def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str], t
     assert "--model" in capsys.readouterr().err
     assert main(["bench", "--model", "no_such_model", "--output", str(tmp_path)]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+# -- openvino: ours (OpenVINORuntime) vs timm's standard ONNX export compiled by OpenVINO ------------------------
+@pytest.fixture(scope="module")
+def openvino_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("openvino")
+    if not _has_timm():
+        pytest.skip("timm not installed: no standard-export peer")
+    out = tmp_path_factory.mktemp("bench_openvino")
+    code = main(["bench", "--model", MODEL, "--batch", "1", "2", "--backend", "openvino", "--precision", "fp32",
+                 "bf16", "--compare", "timm", "--threads", "1", "--warmup", "1", "--iters", "2", "--no-plots",
+                 "--no-progress", "--output", str(out)])
+    assert code == 0
+    return out
+
+
+def _openvino_pairs(bench_dir: Path, precision: str) -> dict[tuple[int, str], dict[str, str]]:
+    rows = [r for r in _rows(bench_dir) if r["backend"] == "openvino" and r["precision"] == precision]
+    return {(int(r["batch"]), r["impl"]): r for r in rows}
+
+
+def _assert_ok_pairs(pairs: dict[tuple[int, str], dict[str, str]], max_diff: float) -> None:
+    assert set(pairs) == {(b, impl) for b in (1, 2) for impl in ("ours", "timm")}
+    for (batch, impl), r in pairs.items():
+        assert r["status"] == "ok", r["reason"]
+        assert 0 < float(r["p50_ms"]) <= float(r["max_ms"]) and float(r["images_per_s"]) > 0
+        if impl == "ours":
+            assert float(r["ratio_vs_timm"]) > 0
+            assert float(r["max_abs_logit_diff_vs_timm"]) < max_diff, (batch, r["max_abs_logit_diff_vs_timm"])
+
+
+def test_openvino_fp32_with_timm_peer(openvino_dir: Path) -> None:
+    pairs = _openvino_pairs(openvino_dir, "fp32")
+    _assert_ok_pairs(pairs, max_diff=1e-3)  # same weights, same function, both in fp32
+    assert not pairs[(1, "ours")]["top1_agreement_vs_fp32"]  # only reduced-precision rows carry it
+    report = json.loads((openvino_dir / "results.json").read_text())
+    # openvino alone still exports both graphs (ours for OpenVINORuntime, timm's for its peer)
+    assert {(e["impl"], e["status"]) for e in report["exports"]} == {("ours", "ok"), ("timm", "ok")}
+    assert report["machine"]["libraries"]["openvino"]
+    assert "| openvino | fp32 |" in (openvino_dir / "results.md").read_text()
+
+
+def test_openvino_bf16_with_timm_peer_and_fp32_reference(openvino_dir: Path) -> None:
+    from swinv2_serve.openvino_backend import cpu_capabilities
+
+    if "BF16" not in cpu_capabilities():
+        pytest.skip("this CPU has no bf16 (OpenVINO capabilities lack BF16): the bench skips these cells")
+    pairs = _openvino_pairs(openvino_dir, "bf16")
+    _assert_ok_pairs(pairs, max_diff=0.1)  # bf16 vs bf16: both round, not to the same values (~1e-2 here)
+    for batch in (1, 2):
+        ours = pairs[(batch, "ours")]
+        assert 0 <= float(ours["top1_agreement_vs_fp32"]) <= 1
+        assert 0 <= float(ours["max_rel_logit_err_vs_fp32"]) < 0.1
+        assert not pairs[(batch, "timm")]["top1_agreement_vs_fp32"]
+    assert "Reduced precision vs fp32" in (openvino_dir / "results.md").read_text()
+
+
+def test_openvino_precision_skip_reasons() -> None:
+    assert precision_unavailable_reason("openvino", "fp32", []) is None
+    assert precision_unavailable_reason("openvino", "bf16", ["FP32", "BF16"]) is None
+    why = precision_unavailable_reason("openvino", "bf16", ["FP32", "INT8"])
+    assert why and "no bf16 support" in why and "not run as fp32" in why
+    assert "not fp16" in (precision_unavailable_reason("openvino", "fp16", ["BF16"]) or "")
+    assert "fp32 export" in (precision_unavailable_reason("onnxruntime", "bf16") or "")
+
+
+def test_unavailable_openvino_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    from swinv2_serve.runtime import available_backends
+
+    reason = available_backends()["openvino"]
+    if reason is None:
+        pytest.skip("openvino is available here: its skip path is the probe's reason, checked where it is missing")
+    code = main(["bench", "--model", MODEL, "--backend", "openvino", "--iters", "1", "--warmup", "0", "--no-plots",
+                 "--no-progress", "--output", str(tmp_path)])
+    assert code == 0
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert rows and all(r["status"] == "skipped" and r["reason"] == reason for r in rows)

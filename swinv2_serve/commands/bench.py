@@ -1,11 +1,13 @@
 """`swinv2-serve bench`: latency / throughput per resolution, batch, backend and precision.
 
     swinv2-serve bench --model swinv2_tiny_window8_256 --img-size 192 256 384 512 --batch 1 8 \\
-        --backend torch onnxruntime triton-grpc triton-http --compare timm --output results/
+        --backend torch onnxruntime openvino triton-grpc triton-http --precision fp32 bf16 --compare timm \
+        --output results/
 
 Writes results.csv, exports.csv, results.json (with machine facts and skip reasons), results.md and
 latency_vs_resolution.png / throughput_vs_batch.png into --output. Backends that cannot run here
-(TensorRT without a GPU, Triton without PyTriton, timm not installed) are skipped with the reason.
+(TensorRT without a GPU, Triton without PyTriton, OpenVINO not installed, OpenVINO bf16 on a CPU
+without BF16, timm not installed) are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--img-size", type=int, nargs="+", default=[], help="resolutions (default: the model's own); "
                        "the window scales with the image as in `export`")
     sweep.add_argument("--batch", type=int, nargs="+", default=[1])
-    sweep.add_argument("--backend", nargs="+", choices=BACKENDS, default=["torch", "onnxruntime"])
-    sweep.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"])
-    sweep.add_argument("--threads", type=int, help="intra-op threads for torch / ONNX Runtime (default: all cores)")
+    sweep.add_argument("--backend", nargs="+", choices=BACKENDS, default=["torch", "onnxruntime"],
+                       help="openvino: our ONNX compiled by OpenVINO for the CPU (fp32, or bf16 where the CPU has it)")
+    sweep.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
+                       help="per backend: torch fp32/fp16/bf16 (autocast), openvino fp32/bf16, tensorrt fp32/fp16, "
+                            "the rest fp32; other pairs are skipped with the reason")
+    sweep.add_argument("--threads", type=int,
+                       help="intra-op threads for torch / ONNX Runtime / OpenVINO (default: all cores)")
     sweep.add_argument("--compare", nargs="+", choices=COMPARE, default=[],
                        help="timm: export timm's model the standard way on the same weights and run it "
-                            "interleaved with ours (onnxruntime and torch)")
+                            "interleaved with ours (onnxruntime, openvino at the same precision, and torch)")
     sweep.add_argument("--compare-img-size", type=int, nargs="+", help="compare only at these resolutions")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--warmup", type=int, default=2, help="warm-up rounds per cell")

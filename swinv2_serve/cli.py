@@ -17,6 +17,7 @@ from .errors import SwinV2ServeError
 COMMANDS: dict[str, str] = {
     "models": "list the model presets",
     "export": "checkpoint -> deploy form -> ONNX (and TensorRT) per resolution",
+    "quantize": "int8 OpenVINO IR from an export, calibrated and fidelity-checked on your images",
     "repository": "write a Triton model repository for an exported model",
     "serve": "start the embedded Triton server (HTTP, gRPC, metrics)",
     "classify": "classify images through a running server",

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SwinV2ServeError
+from .preprocess import image_files
 
 DEMO_NAME = "digits"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 @contextmanager
@@ -33,7 +33,7 @@ def holdout_images(folder: Path, per_class: int) -> list[tuple[Path, str]]:
     """(path, true label) pairs from a class-per-subfolder tree, ``per_class`` of each class."""
     pairs: list[tuple[Path, str]] = []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(class_dir, recursive=False)
         pairs += [(f, class_dir.name) for f in files[:per_class]]
     return pairs
 
@@ -154,7 +154,7 @@ def _classify_with(http: Any, grpc: Any, holdout_dir: Path, images: Path | None,
         print_predictions(shown, "top-3 for a few held-out digits (gRPC, server-side preprocessing):")
     if images is not None and images.is_dir():
         rows = []
-        for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        for path in image_files(images, recursive=False):
             for protocol, client in (("http", http), ("grpc", grpc)):
                 try:
                     text = _format_top(client.classify(path, top_k=3)[0])

@@ -1,11 +1,13 @@
-"""OpenVINO backend: our ONNX (or a saved IR ``.xml``) compiled for the CPU in fp32 or bf16.
+"""OpenVINO backend: our ONNX (or a saved IR ``.xml``) compiled for the CPU in fp32, bf16 or int8.
 
 ``load(path, backend="openvino", precision="bf16")`` gives a ``Runtime`` like every other backend.
 
 - ``precision``: ``fp32`` (``INFERENCE_PRECISION_HINT=f32``; set explicitly, because OpenVINO's CPU
   default on AVX512-BF16/AMX machines is already bf16) or ``bf16``. bf16 needs the CPU to report "BF16"
   in ``OPTIMIZATION_CAPABILITIES``; elsewhere the runtime says so once and runs fp32
-  (``resolve_precision``, a pure function).
+  (``resolve_precision``, a pure function). ``int8`` is a property of the file: an IR written by
+  ``openvino_int8.quantize_int8`` (``swinv2-serve quantize``) loads as int8 (the default for it), its
+  float ops in bf16 where the CPU has it, as they were checked.
 - ``hint``: ``latency`` or ``throughput`` (``PERFORMANCE_HINT``); ``threads``: ``INFERENCE_NUM_THREADS``;
   ``cache_dir``: ``CACHE_DIR`` (compiled blobs reused across starts).
 - batch is dynamic (``[-1, 3, H, W]``) or bounded ``[1..max_batch]``.
@@ -16,7 +18,9 @@ Fidelity: reduced precision is fragile for cosine attention, so a bf16 runtime i
 same model; a top-1 agreement below ``FIDELITY_THRESHOLD`` (99%), or any NaN/Inf, is refused with the
 numbers (``fidelity="refuse"``, the default), logged as a warning (``"warn"``), or not checked (``"off"``).
 Random inputs are a harsh check set (flat logits, small top-1 margins), so a model that passes them
-passes photos too; pass ``check_inputs=`` (e.g. preprocessed photos) to check on your own data.
+passes photos too; pass ``check_inputs=`` (e.g. preprocessed photos) to check on your own data. An int8
+IR has no fp32 weights left to compare with: the fidelity that ``quantize_int8`` measured on held-out
+images is stored in the IR and enforced the same way on load.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, Runtime, read_onnx_
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # int8: a quantized IR (openvino_int8), float ops as below
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 FIDELITY_MODES = ("refuse", "warn", "off")
 FIDELITY_THRESHOLD = 0.99
@@ -206,7 +210,7 @@ class OpenVINORuntime(Runtime):
         self,
         path: str | os.PathLike,
         *,
-        precision: str = "fp32",
+        precision: str | None = None,
         hint: str = "latency",
         threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -219,23 +223,37 @@ class OpenVINORuntime(Runtime):
         path = Path(path)
         if fidelity not in FIDELITY_MODES:
             raise SwinV2ServeError(f"fidelity must be one of {', '.join(FIDELITY_MODES)}, got {fidelity!r}")
+        from .openvino_int8 import float_precision_for_int8, int8_record, is_quantized
+
         self.core = ov.Core()
-        self.requested_precision = precision
-        self.precision, reason = resolve_precision(precision, cpu_capabilities(self.core))
-        if reason:
-            log.warning("%s: %s", path.name, reason)
         model = self.core.read_model(os.fspath(path))
+        quantized = is_quantized(model)
+        self.requested_precision = precision or ("int8" if quantized else "fp32")
+        capabilities = cpu_capabilities(self.core)
+        if quantized or self.requested_precision == "int8":
+            _require_int8_match(path, quantized, self.requested_precision)
+            self.precision, compile_precision = "int8", float_precision_for_int8(capabilities)
+        else:
+            self.precision, reason = resolve_precision(self.requested_precision, capabilities)
+            compile_precision = self.precision
+            if reason:
+                log.warning("%s: %s", path.name, reason)
         super().__init__(read_model_metadata(model, path), max_batch)
         self._check_io(model, path)
         batch = ov.Dimension(1, max_batch) if max_batch else ov.Dimension(-1)
         model.reshape({model.input(0): ov.PartialShape([batch, *map(ov.Dimension, self.input_shape)])})
-        self.properties = compile_properties(self.precision, hint, threads, cache_dir)
+        self.properties = compile_properties(compile_precision, hint, threads, cache_dir)
         self.compiled = self.core.compile_model(model, DEVICE, self.properties)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
         self.fidelity: FidelityReport | None = None
-        if self.precision != "fp32" and fidelity != "off":
+        if fidelity == "off" or self.precision == "fp32":
+            return
+        if quantized:  # no fp32 weights to compare with here: enforce what quantize_int8 measured
+            self.fidelity = _recorded_fidelity(int8_record(model), path)
+        else:
             self.fidelity = self._check_fidelity(model, check_inputs, fidelity_threshold)
+        if self.fidelity is not None:
             enforce_fidelity(self.fidelity, fidelity, path.name)
 
     @staticmethod
@@ -265,6 +283,24 @@ class OpenVINORuntime(Runtime):
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, precision={self.precision!r})"
+
+
+def _require_int8_match(path: Path, quantized: bool, requested: str) -> None:
+    if requested == "int8" and not quantized:
+        raise SwinV2ServeError(f"{path.name} is not quantized: make an int8 IR first with `swinv2-serve quantize "
+                               f"--onnx {path.name} --images DIR --output {path.stem}_int8.xml`")
+    if quantized and requested != "int8":
+        raise SwinV2ServeError(f"{path.name} is an int8 IR and runs int8 only: serve the fp32 ONNX it was "
+                               f"quantized from for precision {requested!r}")
+
+
+def _recorded_fidelity(record: dict[str, Any] | None, path: Path) -> FidelityReport | None:
+    if record is None:
+        log.warning("%s: int8 IR without a swinv2-serve fidelity record (quantized elsewhere): its agreement "
+                    "with fp32 is unknown", path.name)
+        return None
+    fields = {k: v for k, v in record["fidelity"].items() if k != "ok"}
+    return FidelityReport(**fields)
 
 
 def openvino_unavailable_reason() -> str | None:

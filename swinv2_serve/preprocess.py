@@ -15,6 +15,7 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from .errors import ImageDecodeError
 
 ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 MAX_IMAGE_PIXELS = 64_000_000  # ~8000 x 8000: beyond that we refuse to decode (decompression bombs)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -35,6 +37,12 @@ RESAMPLE = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
+
+
+def image_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files under ``folder`` (by extension; nothing is decoded), sorted."""
+    candidates = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _decode(data: bytes, what: str) -> Image.Image:

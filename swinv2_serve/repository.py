@@ -3,7 +3,7 @@
 Layout (dims exclude the batch axis; names match the embedded server, so one client fits both)::
 
     DIR/NAME/config.pbtxt            onnxruntime_onnx (GPU with the TensorRT accelerator, or CPU), tensorrt_plan,
-                                     or backend "openvino" (CPU; 1/model.xml + model.bin, fp32 or bf16)
+                                     or backend "openvino" (CPU; 1/model.xml + model.bin, fp32/bf16/int8)
     DIR/NAME/labels.txt              one class name per line; `label_filename` on logits/probs
     DIR/NAME/1/model.onnx|model.plan
     DIR/NAME_preprocess/config.pbtxt python backend: image BYTES [1] -> input FP32 [3, H, W]
@@ -152,10 +152,11 @@ def _write(path: Path, text: str) -> Path:
 class OpenVINOOptions:
     """Parameters of Triton's OpenVINO backend (its README: INFERENCE_NUM_THREADS, PERFORMANCE_HINT, HINT_BF16...)."""
 
-    precision: str = "fp32"  # bf16 -> HINT_BF16 "YES" (checked for fidelity before it is written)
+    precision: str = "fp32"  # bf16 -> HINT_BF16 "YES"; int8 -> an NNCF-quantized IR (both fidelity-checked first)
     threads: int | None = None  # INFERENCE_NUM_THREADS
     hint: str = "latency"  # PERFORMANCE_HINT LATENCY | THROUGHPUT
     num_streams: str | None = None  # NUM_STREAMS (e.g. "1", "AUTO")
+    calibration: str | os.PathLike | None = None  # int8: images to calibrate on and check with
 
     def parameters(self) -> dict[str, str]:
         params = {"PERFORMANCE_HINT": self.hint.upper()}
@@ -320,7 +321,8 @@ def write_repository(
     ``backend="openvino"``: Triton's OpenVINO backend on CPU instances; the ONNX is converted to
     ``1/model.xml`` + ``model.bin`` (fp32 weights, metadata in rt_info). A bf16 precision is written only
     after the load-time fidelity check passes here (``openvino_backend.check_fidelity``), since Triton
-    runs no such check.
+    runs no such check; int8 is quantized here on ``openvino.calibration`` images and written only if it
+    passes its check on held-out ones (``openvino_int8.quantize_int8``).
     """
     if backend not in ("onnxruntime", "openvino"):
         raise SwinV2ServeError(f"--backend must be onnxruntime or openvino, got {backend!r}")
@@ -409,11 +411,18 @@ def write_repository(
 
 
 def _write_openvino_model(onnx: str | os.PathLike, xml: Path, options: OpenVINOOptions) -> None:
-    """IR for Triton's OpenVINO backend; a bf16 request must pass the fidelity check on this CPU first."""
+    """IR for Triton's OpenVINO backend; bf16 and int8 must pass their fidelity checks on this CPU first."""
     from .openvino_backend import OpenVINORuntime, convert_to_ir
 
-    if options.precision not in ("fp32", "bf16"):
-        raise SwinV2ServeError(f"openvino precision must be fp32 or bf16, got {options.precision!r}")
+    if options.precision not in ("fp32", "bf16", "int8"):
+        raise SwinV2ServeError(f"openvino precision must be fp32, bf16 or int8, got {options.precision!r}")
+    if options.precision == "int8":
+        if options.calibration is None:
+            raise SwinV2ServeError("--precision int8 needs --calibration DIR: images like the ones you will serve")
+        from .openvino_int8 import quantize_int8
+
+        quantize_int8(onnx, options.calibration, xml, threads=options.threads, fidelity="refuse")
+        return
     if options.precision == "bf16":
         OpenVINORuntime(onnx, precision="bf16", threads=options.threads, fidelity="refuse").close()
     convert_to_ir(onnx, xml)

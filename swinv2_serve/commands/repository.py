@@ -19,8 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching wait (us)")
     parser.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
                         help="openvino: Triton's OpenVINO backend on CPU (1/model.xml + model.bin)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="openvino: bf16 (HINT_BF16), written only if it passes the fidelity check here")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                        help="openvino: bf16 (HINT_BF16) or int8 (quantized IR), written only if it passes the "
+                             "fidelity check here")
+    parser.add_argument("--calibration", metavar="DIR", help="openvino int8: images to calibrate and check on")
     parser.add_argument("--threads", type=int, help="openvino: INFERENCE_NUM_THREADS")
     parser.add_argument("--hint", choices=["latency", "throughput"], default="latency",
                         help="openvino: PERFORMANCE_HINT")
@@ -29,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..repository import OpenVINOOptions, write_repository
 
-    openvino = OpenVINOOptions(precision=args.precision, threads=args.threads, hint=args.hint)
+    openvino = OpenVINOOptions(precision=args.precision, threads=args.threads, hint=args.hint,
+                               calibration=args.calibration)
     repo = write_repository(
         args.output, args.name, onnx=args.onnx, plan=args.plan, max_batch=args.max_batch, instances=args.instances,
         kind=args.kind, max_queue_delay_us=args.max_queue_delay_us, engine_at_start=args.engine_at_start,

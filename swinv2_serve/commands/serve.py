@@ -10,12 +10,14 @@ from ..runtime import BACKENDS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--onnx", metavar="PATH", help="exported model (.onnx, or a .plan/.pt with --backend)")
+    source.add_argument("--onnx", metavar="PATH",
+                        help="exported model (.onnx; OpenVINO .xml, e.g. from `quantize`; .plan/.pt with --backend)")
     source.add_argument("--repository", metavar="DIR", help="a repository written by `swinv2-serve repository`")
     parser.add_argument("--backend", choices=list(BACKENDS), help="runtime (default: from the file suffix)")
-    parser.add_argument("--precision", help="runtime precision where the backend has a choice (fp32, fp16, bf16)")
+    parser.add_argument("--precision", help="runtime precision where the backend has a choice (fp32, fp16, bf16; "
+                                            "an int8 IR runs int8)")
     parser.add_argument("--fidelity", choices=["refuse", "warn", "off"],
-                        help="openvino bf16: refuse (default) / warn / skip when top-1 agreement with fp32 < 99%%")
+                        help="openvino bf16/int8: refuse (default) / warn / skip when top-1 agreement with fp32 < 99%%")
     parser.add_argument("--name", default="swinv2", help="served model name (also NAME_image); default swinv2")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--http-port", type=int, default=8000)

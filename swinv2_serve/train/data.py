@@ -22,9 +22,7 @@ import torch
 from PIL import Image
 
 from ..errors import DatasetError, ImageDecodeError
-from ..preprocess import RESAMPLE, ImageLike, Preprocess, load_image
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+from ..preprocess import IMAGE_EXTENSIONS, RESAMPLE, ImageLike, Preprocess, image_files, load_image
 
 
 # -- scanning ----------------------------------------------------------------------------------------
@@ -36,10 +34,6 @@ class ImageFolderSplit:
     classes: tuple[str, ...]
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def scan_image_folder(root: str | Path, classes: Sequence[str] | None = None) -> ImageFolderSplit:
     """``root/<class>/**/<image>`` -> samples. ``classes`` fixes the label order (a val split uses train's)."""
     root = Path(root)
@@ -47,7 +41,7 @@ def scan_image_folder(root: str | Path, classes: Sequence[str] | None = None) ->
         raise DatasetError(f"data directory {root} does not exist")
     if not root.is_dir():
         raise DatasetError(f"data path {root} is not a directory (expected one sub-folder per class)")
-    found = {d.name: _image_files(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    found = {d.name: image_files(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     found = {name: files for name, files in found.items() if files}
     if classes is None:
         if not found:

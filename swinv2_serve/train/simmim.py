@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from ..errors import SwinV2ServeError
 from ..model import SwinV2, create_model
+from ..preprocess import image_files
 from . import distributed as D
-from .data import IMAGE_EXTENSIONS, DatasetError, ImageDataset, TrainTransform, collate_skipping
+from .data import DatasetError, ImageDataset, TrainTransform, collate_skipping
 from .finetune import TrainConfig, accumulate_and_step, default_workers, optimizer_state, training_process
 from .optim import build_optimizer, cosine_schedule
 from .resume import restore_training_state, save_training_state
@@ -123,7 +124,7 @@ def scan_images(root: str | Path) -> list[tuple[Path, int]]:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"data directory {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = image_files(root)
     if not files:
         raise DatasetError(f"no images found under {root}")
     return [(p, 0) for p in files]

@@ -1,0 +1,36 @@
+"""`swinv2-serve quantize`: our ONNX -> an int8 OpenVINO IR, calibrated and fidelity-checked on your images."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..openvino_int8 import DEFAULT_CALIBRATION, DEFAULT_CHECK
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--onnx", required=True, metavar="PATH", help="our fp32 export (.onnx, or an fp32 IR .xml)")
+    parser.add_argument("--images", required=True, metavar="DIR",
+                        help="images like the ones you will serve (searched recursively; class folders are fine)")
+    parser.add_argument("--output", required=True, metavar="XML", help="int8 IR to write (.xml; .bin beside it)")
+    parser.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION,
+                        help=f"images used to calibrate (default {DEFAULT_CALIBRATION})")
+    parser.add_argument("--check", type=int, default=DEFAULT_CHECK,
+                        help=f"images held out for the fidelity check (default {DEFAULT_CHECK}, at most a fifth)")
+    parser.add_argument("--fidelity", choices=["refuse", "warn"], default="refuse",
+                        help="below 99%% top-1 agreement with fp32 on the held-out images: refuse (default) or "
+                             "write it anyway with a warning")
+    parser.add_argument("--threads", type=int, help="OpenVINO threads for the check")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..openvino_int8 import quantize_int8
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lists every node it leaves alone
+    result = quantize_int8(args.onnx, args.images, args.output, calibration=args.calibration, check=args.check,
+                           fidelity=args.fidelity, threads=args.threads)
+    print(f"wrote {result.xml} in {result.seconds:.0f}s: calibrated on {result.calibration_images} images; "
+          f"{result.report.summary()}")
+    print(f"serve it: swinv2-serve serve --onnx {result.xml}")
+    return 0

@@ -1,0 +1,207 @@
+"""int8 (NNCF post-training quantization) for the OpenVINO backend: what is quantized, the fidelity gate on
+held-out real images, the IR record enforced on load, the CLI, the repository, and a genuinely trained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+import openvino as ov  # noqa: E402
+from _serving import export_small_onnx  # noqa: E402
+from PIL import Image  # noqa: E402
+from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
+
+from swinv2_serve.cli import main as cli_main  # noqa: E402
+from swinv2_serve.errors import DatasetError, SwinV2ServeError  # noqa: E402
+from swinv2_serve.openvino_backend import FidelityError  # noqa: E402
+from swinv2_serve.openvino_int8 import (  # noqa: E402
+    INT8_KEY,
+    activation_matmuls,
+    int8_record,
+    load_calibration_set,
+    quantize_int8,
+)
+from swinv2_serve.preprocess import Preprocess, image_files  # noqa: E402
+from swinv2_serve.repository import OpenVINOOptions, parse_config, write_repository  # noqa: E402
+from swinv2_serve.runtime import load  # noqa: E402
+
+
+def _write_digit_pngs(root: Path, per_class: int) -> Path:
+    from swinv2_serve.train.digits import digit_images
+
+    images, labels = digit_images(64)
+    counts: dict[int, int] = {}
+    for array, label in zip(images, labels):
+        if counts.get(int(label), 0) < per_class:
+            (root / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / str(label) / f"{counts.get(int(label), 0)}.png")
+            counts[int(label)] = counts.get(int(label), 0) + 1
+    return root
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_small_onnx(tmp_path_factory.mktemp("int8") / "nano.onnx")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_digit_pngs(tmp_path_factory.mktemp("digits"), per_class=6)  # 60 images: 48 calibrate, 12 check
+
+
+@pytest.fixture(scope="module")
+def int8_xml(onnx_path: Path, digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # random-init weights have flat logits, so their agreement is not the point here: "warn" writes it anyway
+    return quantize_int8(onnx_path, digits, tmp_path_factory.mktemp("q") / "nano_int8.xml", fidelity="warn",
+                         threads=2).xml
+
+
+def _int8_inputs(model: ov.Model) -> dict[str, int]:
+    """MatMul friendly name -> how many of its two inputs are int8: a FakeQuantize (activations) or an i8
+    Constant behind its dequantisation (weights, as the saved IR stores them)."""
+    def is_int8(output: ov.Output) -> bool:
+        node = output.get_node()
+        while node.get_type_name() in ("Convert", "Reshape", "Transpose", "Gather", "Multiply", "Subtract"):
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "FakeQuantize" or (
+            node.get_type_name() == "Constant" and node.get_element_type() in (ov.Type.i8, ov.Type.u8))
+
+    return {op.get_friendly_name(): sum(is_int8(op.input_value(i)) for i in range(2))
+            for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"}
+
+
+def test_linear_layers_are_int8_and_attention_products_are_not(onnx_path: Path, int8_xml: Path) -> None:
+    source = ov.Core().read_model(str(onnx_path))
+    attention = set(activation_matmuls(source))
+    from swinv2_serve import create_model
+
+    assert len(attention) == 2 * sum(create_model("swinv2_nano_window4_64").cfg.depths)  # q.k^T, attn.v per block
+    quantized = _int8_inputs(ov.Core().read_model(str(int8_xml)))
+    linear = {name: n for name, n in quantized.items() if name not in attention}
+    assert linear and all(n == 2 for n in linear.values()), linear  # activation and weight both quantized
+    assert all(quantized[name] == 0 for name in attention)
+
+
+def test_int8_ir_records_fidelity_and_loads_as_int8(onnx_path: Path, int8_xml: Path, digits: Path) -> None:
+    record = int8_record(ov.Core().read_model(str(int8_xml)))
+    assert record is not None and record["calibration_images"] == 48 and record["smooth_quant"] is False
+    assert record["fidelity"]["samples"] == 12 and record["fidelity"]["precision"] == "int8"
+    runtime = load(int8_xml, threads=2, fidelity="warn")
+    assert runtime.precision == "int8" and runtime.metadata["model"] == "swinv2_nano_window4_64"
+    assert runtime.fidelity is not None and runtime.fidelity.samples == 12
+    x = Preprocess.from_metadata(runtime.metadata).batch(image_files(digits)[:4])
+    got, want = runtime(x)["logits"], load(onnx_path, "onnxruntime")(x)["logits"]
+    assert got.shape == want.shape and np.isfinite(got).all()
+    assert np.abs(got - want).max() < 0.5 * np.abs(want).max()  # quantized, not a different network
+
+
+def test_refused_below_threshold_writes_nothing(onnx_path: Path, digits: Path, tmp_path: Path) -> None:
+    out = tmp_path / "never.xml"
+    with pytest.raises(FidelityError, match="top-1 agreement with fp32 .* on 12 check inputs"):
+        quantize_int8(onnx_path, digits, out, threshold=1.01)  # no model can pass: the gate must refuse
+    assert not out.exists() and not out.with_suffix(".bin").exists()
+
+
+def test_load_refuses_an_ir_whose_record_failed(int8_xml: Path, tmp_path: Path) -> None:
+    model = ov.Core().read_model(str(int8_xml))
+    record = int8_record(model)
+    record["fidelity"].update(top1_agreement=0.5)
+    model.set_rt_info(json.dumps(record), [INT8_KEY])
+    bad = tmp_path / "bad_int8.xml"
+    ov.save_model(model, str(bad), compress_to_fp16=False)
+    with pytest.raises(FidelityError, match="50.0%"):
+        load(bad, threads=2)
+    assert load(bad, threads=2, fidelity="warn").precision == "int8"
+
+
+def test_precision_mismatches_are_clear(onnx_path: Path, int8_xml: Path) -> None:
+    with pytest.raises(SwinV2ServeError, match="not quantized: make an int8 IR first"):
+        load(onnx_path, "openvino", precision="int8")
+    with pytest.raises(SwinV2ServeError, match="runs int8 only"):
+        load(int8_xml, precision="fp32")
+    with pytest.raises(SwinV2ServeError, match="already quantized"):
+        quantize_int8(int8_xml, "unused", int8_xml.parent / "twice.xml")
+
+
+def test_calibration_set_needs_enough_readable_images(digits: Path, images_dir: Path, tmp_path: Path) -> None:
+    pre = Preprocess(img_size=(64, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    split = load_calibration_set(digits, pre, calibration=30, check=100)
+    assert split.calibration.shape == (30, 3, 64, 64) and len(split.check) == 12  # a fifth of 60
+    with pytest.raises(DatasetError, match="int8 needs at least 8 to calibrate and 8 held out"):
+        load_calibration_set(images_dir, pre)  # 8 good photos + 2 broken files: too few
+    with pytest.raises(DatasetError, match="not a directory"):
+        load_calibration_set(tmp_path / "missing", pre)
+    small = _write_digit_pngs(tmp_path / "mixed", per_class=4)
+    for bad in ("bad_truncated.jpg", "bad_not_an_image.jpg"):
+        (small / "0" / bad).write_bytes((images_dir / bad).read_bytes())
+    mixed = load_calibration_set(small, pre)
+    assert len(mixed.unreadable) == 2 and len(mixed.calibration) + len(mixed.check) == 40
+
+
+def test_cli_quantize(onnx_path: Path, digits: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli_int8.xml"
+    assert cli_main(["quantize", "--onnx", str(onnx_path), "--images", str(digits), "--output", str(out),
+                     "--fidelity", "warn", "--threads", "2"]) == 0
+    assert out.is_file() and "calibrated on 48 images" in capsys.readouterr().out
+    assert cli_main(["quantize", "--onnx", str(onnx_path), "--images", str(tmp_path / "none"),
+                     "--output", str(tmp_path / "x.xml")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_repository_int8(onnx_path: Path, digits: Path, tmp_path: Path) -> None:
+    with pytest.raises(SwinV2ServeError, match="needs --calibration"):
+        write_repository(tmp_path / "r0", "nano", onnx=onnx_path, backend="openvino",
+                         openvino=OpenVINOOptions(precision="int8"))
+    repo = write_repository(tmp_path / "r1", "nano", onnx=onnx_path, backend="openvino",
+                            openvino=OpenVINOOptions(precision="int8", calibration=digits, threads=2))
+    config = parse_config(repo.configs["nano"].read_text())
+    assert config.backend == "openvino" and config.default_model_filename == "model.xml"
+    assert "HINT_BF16" not in config.parameters  # float ops follow the serving CPU's default, as checked
+    written = ov.Core().read_model(str(tmp_path / "r1" / "nano" / "1" / "model.xml"))
+    record = int8_record(written)
+    assert record is not None and record["fidelity"]["ok"]  # written only because it passed the gate
+    assert load(tmp_path / "r1" / "nano" / "1" / "model.xml", threads=2).precision == "int8"
+
+
+# -- a genuinely trained model ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The digits demo's nano model (real training, ~0.95 val top-1 after 6 epochs), exported; its val images."""
+    from swinv2_serve.checkpoint import load_model
+    from swinv2_serve.onnx_export import export_onnx
+    from swinv2_serve.train.digits import run_digits_demo, split_digits
+
+    root = tmp_path_factory.mktemp("trained")
+    run_digits_demo(root / "run", epochs=6, progress=False)
+    onnx = export_onnx(load_model(root / "run" / "checkpoint.pt"), root / "digits.onnx").path
+    _, val = split_digits()
+    for i, (array, label) in enumerate(val):
+        (root / "val" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(root / "val" / str(label) / f"{i}.png")
+    return onnx, root / "val"
+
+
+@pytest.mark.slow
+def test_trained_model_int8_passes_the_gate_and_keeps_accuracy(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    onnx, val = trained
+    result = quantize_int8(onnx, val, tmp_path / "digits_int8.xml", threads=2)  # "refuse": raises if < 99%
+    assert result.report.ok and result.report.samples == 72 and result.report.max_rel_error < 0.1
+    files = image_files(val)
+    labels = np.array([int(f.parent.name) for f in files])
+    fp32, int8 = load(onnx, "onnxruntime"), load(result.xml, threads=2)
+    x = Preprocess.from_metadata(fp32.metadata).batch(files)
+    want = np.concatenate([fp32(x[i:i + 40])["logits"] for i in range(0, len(x), 40)]).argmax(1)
+    got = np.concatenate([int8(x[i:i + 40])["logits"] for i in range(0, len(x), 40)]).argmax(1)
+    assert (want == labels).mean() > 0.85  # the model really learned digits
+    assert (got == want).mean() >= 0.98 and abs((got == labels).mean() - (want == labels).mean()) <= 0.01
+    config = parse_config(write_repository(
+        tmp_path / "repo", "digits", onnx=onnx, backend="openvino",
+        openvino=OpenVINOOptions(precision="int8", calibration=val, threads=2)).configs["digits"].read_text())
+    assert config.backend == "openvino" and [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert int8_record(ov.Core().read_model(str(tmp_path / "repo" / "digits" / "1" / "model.xml"))) is not None

@@ -52,16 +52,16 @@ from .errors import SwinV2ServeError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt", "triton-http", "triton-grpc")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 COMPARE = ("timm",)
 OURS, TIMM = "ours", "timm"
 TRITON_PROTOCOLS = {"triton-http": "http", "triton-grpc": "grpc"}
 # precisions each backend can run on this code path (ONNX Runtime / Triton here run the fp32 export;
-# OpenVINO compiles it with INFERENCE_PRECISION_HINT f32 or bf16)
+# OpenVINO compiles it with INFERENCE_PRECISION_HINT f32 or bf16, or runs an NNCF int8 quantization of it)
 BACKEND_PRECISIONS = {
-    "torch": PRECISIONS,
+    "torch": ("fp32", "fp16", "bf16"),
     "onnxruntime": ("fp32",),
-    "openvino": ("fp32", "bf16"),
+    "openvino": ("fp32", "bf16", "int8"),
     "tensorrt": ("fp32", "fp16"),
     "triton-http": ("fp32",),
     "triton-grpc": ("fp32",),
@@ -92,6 +92,7 @@ class BenchConfig:
     max_time: float = 60.0  # stop adding rounds after this (never below 3 samples)
     compare: list[str] = field(default_factory=list)  # ["timm"]
     compare_img_sizes: list[int] | None = None  # None: every resolution
+    calibration: Path | None = None  # openvino int8: images to calibrate on (ours and timm's peer alike)
     max_pixels_per_batch: int | None = None  # batch*H*W above this is skipped (time budget)
     max_memory_gb: float | None = None  # estimated activation memory above this is skipped (default: half free RAM)
     output: Path = Path("bench_results")
@@ -586,6 +587,32 @@ def timm_runner(backend: str, precision: str, model: Any, cfg: Any, onnx_path: P
     raise SwinV2ServeError(f"no timm peer for {backend}")
 
 
+def int8_runner(impl: str, onnx_path: Path, ours_onnx: Path, calibration: Path, threads: int,
+                workdir: Path) -> Runner:
+    """OpenVINO int8. Ours: the product path (``quantize_int8`` -> IR -> ``OpenVINORuntime``); timm: its
+    export quantized with the same NNCF settings on the same calibration images (a like-for-like peer)."""
+    from .openvino_backend import OpenVINORuntime, compile_properties, cpu_capabilities
+    from .openvino_int8 import float_precision_for_int8, load_calibration_set, quantize_int8, quantize_model
+
+    if impl == OURS:
+        xml = quantize_int8(onnx_path, calibration, workdir / f"{onnx_path.stem}_int8.xml", fidelity="warn",
+                            threads=threads).xml
+        runtime = OpenVINORuntime(xml, threads=threads, hint="latency", fidelity="off")
+        return Runner("openvino", OURS, "int8", lambda x: runtime(x)["logits"], runtime.close)
+    import openvino as ov
+
+    from .preprocess import Preprocess
+    from .runtime import read_onnx_metadata
+
+    images = load_calibration_set(calibration, Preprocess.from_metadata(read_onnx_metadata(ours_onnx)))
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    model.reshape({model.input(0): ov.PartialShape([-1, *model.input(0).get_partial_shape()[1:]])})
+    properties = compile_properties(float_precision_for_int8(cpu_capabilities(core)), "latency", threads, None)
+    compiled = core.compile_model(quantize_model(model, images.calibration), "CPU", properties)
+    return Runner("openvino", TIMM, "int8", lambda x: np.array(compiled(x)[0], dtype=np.float32))
+
+
 @contextlib.contextmanager
 def triton_server(onnx_path: Path, name: str, threads: int, max_batch: int, queue_delay_us: int,
                   log_file: Path) -> Iterator[Any]:
@@ -703,7 +730,8 @@ def compare_with_fp32(rows: list[BenchResult], outputs: dict[tuple[str, str, str
         row.max_rel_logit_err_vs_fp32 = round(report.max_rel_error, 6)
 
 
-def precision_unavailable_reason(backend: str, precision: str, openvino_caps: Sequence[str] = ()) -> str | None:
+def precision_unavailable_reason(backend: str, precision: str, openvino_caps: Sequence[str] = (),
+                                 calibration: Path | None = None) -> str | None:
     """Why ``backend`` does not run ``precision`` here, or None; ``openvino_caps``: OpenVINO's CPU capabilities."""
     supported = BACKEND_PRECISIONS[backend]
     if precision not in supported:
@@ -711,6 +739,10 @@ def precision_unavailable_reason(backend: str, precision: str, openvino_caps: Se
             return (f"{backend} runs the fp32 export on this code path; {precision} is for GPU engines "
                     "(export --onnx-fp16 / --format trt)")
         return f"{backend} runs {' / '.join(supported)} on this code path, not {precision}"
+    if backend == "openvino" and precision == "int8":
+        if calibration is None:
+            return "openvino int8 needs --calibration DIR: images to calibrate the quantization on"
+        return None
     if backend == "openvino":
         from .openvino_backend import resolve_precision
 
@@ -769,7 +801,7 @@ class _Sweep:
             from .openvino_backend import cpu_capabilities
 
             caps = cpu_capabilities()
-        reasons = {(b, p): precision_unavailable_reason(b, p, caps)
+        reasons = {(b, p): precision_unavailable_reason(b, p, caps, self.config.calibration)
                    for b in self.config.backends if b not in self.skipped for p in self.config.precisions}
         return {key: reason for key, reason in reasons.items() if reason}
 
@@ -881,6 +913,9 @@ class _Sweep:
         path = paths[impl]
         if backend in TIMM_ONNX_PEERS and path is None:
             raise SwinV2ServeError(f"{impl} ONNX export failed at {img}px (see exports)")
+        if precision == "int8":
+            assert path is not None and paths[OURS] is not None and self.config.calibration is not None
+            return int8_runner(impl, path, paths[OURS], self.config.calibration, self.threads, workdir)
         factory = ours_runner if impl == OURS else timm_runner
         return factory(backend, precision, self.model, cfg, path, self.threads)
 

@@ -46,7 +46,7 @@ from .openvino_backend import (
     require_openvino,
 )
 from .preprocess import Preprocess, image_files
-from .runtime import INPUT_NAME, METADATA_KEY
+from .runtime import METADATA_KEY
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,24 @@ def float_precision_for_int8(capabilities: Sequence[str]) -> str:
     return "bf16" if "BF16" in capabilities else "fp32"
 
 
+def quantize_model(model: Any, calibration: np.ndarray) -> Any:
+    """NNCF post-training quantization of any SwinV2 ``ov.Model`` (ours, or timm's export for a fair peer)
+    with this module's settings; ``calibration``: preprocessed images [N, 3, H, W], fed one at a time."""
+    nncf = require_nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    name = model.input(0).get_any_name()
+    return nncf.quantize(
+        model,
+        nncf.Dataset(list(calibration), lambda x: {name: x[None]}),
+        subset_size=len(calibration),
+        model_type=nncf.ModelType.TRANSFORMER,
+        ignored_scope=nncf.IgnoredScope(names=activation_matmuls(model), validate=False),
+        advanced_parameters=AdvancedQuantizationParameters(
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)),  # -1: off (see module docstring)
+    )
+
+
 def quantize_int8(
     source: str | os.PathLike,
     images: str | os.PathLike,
@@ -159,9 +177,6 @@ def quantize_int8(
 ) -> Int8Result:
     """Our ONNX (or fp32 IR) -> int8 IR at ``output`` (.xml + .bin), calibrated on ``images``, fidelity-gated."""
     ov = require_openvino()
-    nncf = require_nncf()
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
-
     source, output = Path(source), Path(output)
     if output.suffix != ".xml":
         raise SwinV2ServeError(f"int8 output must be an OpenVINO IR path ending in .xml, got {output}")
@@ -178,15 +193,7 @@ def quantize_int8(
     log.info("int8: calibrating on %d images, %d held out for the fidelity check", len(data.calibration),
              len(data.check))
     model.reshape({model.input(0): ov.PartialShape([-1, *model.input(0).get_partial_shape()[1:]])})
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(list(data.calibration), lambda x: {INPUT_NAME: x[None]}),
-        subset_size=len(data.calibration),
-        model_type=nncf.ModelType.TRANSFORMER,
-        ignored_scope=nncf.IgnoredScope(names=activation_matmuls(model), validate=False),
-        advanced_parameters=AdvancedQuantizationParameters(
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)),  # -1: off (see module docstring)
-    )
+    quantized = quantize_model(model, data.calibration)
     float_precision = float_precision_for_int8(cpu_capabilities(core))
     reference = core.compile_model(model, DEVICE, compile_properties("fp32", "latency", threads, None))
     candidate = core.compile_model(quantized, DEVICE, compile_properties(float_precision, "latency", threads, None))
@@ -197,7 +204,7 @@ def quantize_int8(
     quantized.set_rt_info(json.dumps({
         "fidelity": report.to_dict(), "check_set": "held-out calibration images",
         "calibration_images": len(data.calibration), "smooth_quant": False, "attention_products": "float",
-        "nncf": getattr(nncf, "__version__", "unknown"),
+        "nncf": getattr(require_nncf(), "__version__", "unknown"),
     }), [INT8_KEY])
     output.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, os.fspath(output), compress_to_fp16=False)
@@ -206,4 +213,4 @@ def quantize_int8(
 
 
 __all__ = ["CalibrationSet", "Int8Result", "activation_matmuls", "float_precision_for_int8", "int8_record",
-           "is_quantized", "load_calibration_set", "quantize_int8"]
+           "is_quantized", "load_calibration_set", "quantize_int8", "quantize_model"]

@@ -80,3 +80,19 @@ def running_server(onnx_path: Path, name: str, max_batch: int, log_dir: Path) ->
                           log_file=str(log_dir / "tritonserver.log"))
     with serve(onnx_path, name, config=config) as server:
         yield server
+
+
+def write_digit_pngs(root: Path, per_class: int) -> Path:
+    """``per_class`` of scikit-learn's digits per class as 64 px PNGs in ``root/<digit>/`` (real images)."""
+    from PIL import Image
+
+    from swinv2_serve.train.digits import digit_images
+
+    images, labels = digit_images(64)
+    counts: dict[int, int] = {}
+    for array, label in zip(images, labels):
+        if counts.get(int(label), 0) < per_class:
+            (root / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / str(label) / f"{counts.get(int(label), 0)}.png")
+            counts[int(label)] = counts.get(int(label), 0) + 1
+    return root

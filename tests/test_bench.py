@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from _serving import write_digit_pngs
 
 from swinv2_serve import create_model
 from swinv2_serve.bench import (
@@ -154,9 +155,10 @@ def openvino_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not _has_timm():
         pytest.skip("timm not installed: no standard-export peer")
     out = tmp_path_factory.mktemp("bench_openvino")
+    digits = write_digit_pngs(tmp_path_factory.mktemp("calibration"), per_class=5)
     code = main(["bench", "--model", MODEL, "--batch", "1", "2", "--backend", "openvino", "--precision", "fp32",
-                 "bf16", "--compare", "timm", "--threads", "1", "--warmup", "1", "--iters", "2", "--no-plots",
-                 "--no-progress", "--output", str(out)])
+                 "bf16", "int8", "--calibration", str(digits), "--compare", "timm", "--threads", "1", "--warmup", "1",
+                 "--iters", "2", "--no-plots", "--no-progress", "--output", str(out)])
     assert code == 0
     return out
 
@@ -202,6 +204,15 @@ def test_openvino_bf16_with_timm_peer_and_fp32_reference(openvino_dir: Path) -> 
     assert "Reduced precision vs fp32" in (openvino_dir / "results.md").read_text()
 
 
+def test_openvino_int8_with_timm_peer_quantized_alike(openvino_dir: Path) -> None:
+    pairs = _openvino_pairs(openvino_dir, "int8")
+    _assert_ok_pairs(pairs, max_diff=1.0)  # two graphs quantized separately: close, not equal
+    for batch in (1, 2):
+        ours = pairs[(batch, "ours")]
+        assert 0 <= float(ours["top1_agreement_vs_fp32"]) <= 1
+        assert 0 < float(ours["max_rel_logit_err_vs_fp32"]) < 0.3  # > 0: it really ran quantized
+
+
 def test_openvino_precision_skip_reasons() -> None:
     assert precision_unavailable_reason("openvino", "fp32", []) is None
     assert precision_unavailable_reason("openvino", "bf16", ["FP32", "BF16"]) is None
@@ -209,6 +220,9 @@ def test_openvino_precision_skip_reasons() -> None:
     assert why and "no bf16 support" in why and "not run as fp32" in why
     assert "not fp16" in (precision_unavailable_reason("openvino", "fp16", ["BF16"]) or "")
     assert "fp32 export" in (precision_unavailable_reason("onnxruntime", "bf16") or "")
+    assert "needs --calibration" in (precision_unavailable_reason("openvino", "int8", ["INT8"]) or "")
+    assert precision_unavailable_reason("openvino", "int8", ["INT8"], Path("images")) is None
+    assert "not int8" in (precision_unavailable_reason("torch", "int8") or "")
 
 
 def test_unavailable_openvino_is_skipped_with_a_reason(tmp_path: Path) -> None:

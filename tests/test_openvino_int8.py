@@ -13,7 +13,7 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 import openvino as ov  # noqa: E402
-from _serving import export_small_onnx  # noqa: E402
+from _serving import export_small_onnx, write_digit_pngs  # noqa: E402
 from PIL import Image  # noqa: E402
 from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
@@ -32,19 +32,6 @@ from swinv2_serve.repository import OpenVINOOptions, parse_config, write_reposit
 from swinv2_serve.runtime import load  # noqa: E402
 
 
-def _write_digit_pngs(root: Path, per_class: int) -> Path:
-    from swinv2_serve.train.digits import digit_images
-
-    images, labels = digit_images(64)
-    counts: dict[int, int] = {}
-    for array, label in zip(images, labels):
-        if counts.get(int(label), 0) < per_class:
-            (root / str(label)).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(array).save(root / str(label) / f"{counts.get(int(label), 0)}.png")
-            counts[int(label)] = counts.get(int(label), 0) + 1
-    return root
-
-
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_small_onnx(tmp_path_factory.mktemp("int8") / "nano.onnx")
@@ -52,7 +39,7 @@ def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write_digit_pngs(tmp_path_factory.mktemp("digits"), per_class=6)  # 60 images: 48 calibrate, 12 check
+    return write_digit_pngs(tmp_path_factory.mktemp("digits"), per_class=6)  # 60 images: 48 calibrate, 12 check
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +124,7 @@ def test_calibration_set_needs_enough_readable_images(digits: Path, images_dir: 
         load_calibration_set(images_dir, pre)  # 8 good photos + 2 broken files: too few
     with pytest.raises(DatasetError, match="not a directory"):
         load_calibration_set(tmp_path / "missing", pre)
-    small = _write_digit_pngs(tmp_path / "mixed", per_class=4)
+    small = write_digit_pngs(tmp_path / "mixed", per_class=4)
     for bad in ("bad_truncated.jpg", "bad_not_an_image.jpg"):
         (small / "0" / bad).write_bytes((images_dir / bad).read_bytes())
     mixed = load_calibration_set(small, pre)

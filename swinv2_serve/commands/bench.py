@@ -28,15 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "the window scales with the image as in `export`")
     sweep.add_argument("--batch", type=int, nargs="+", default=[1])
     sweep.add_argument("--backend", nargs="+", choices=BACKENDS, default=["torch", "onnxruntime"],
-                       help="openvino: our ONNX compiled by OpenVINO for the CPU (fp32, or bf16 where the CPU has it)")
+                       help="openvino: our ONNX compiled by OpenVINO for the CPU (fp32; bf16 where the CPU has it; "
+                            "int8 with --calibration)")
     sweep.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
-                       help="per backend: torch fp32/fp16/bf16 (autocast), openvino fp32/bf16, tensorrt fp32/fp16, "
-                            "the rest fp32; other pairs are skipped with the reason")
+                       help="per backend: torch fp32/fp16/bf16 (autocast), openvino fp32/bf16/int8, tensorrt "
+                            "fp32/fp16, others fp32; other pairs are skipped with the reason")
     sweep.add_argument("--threads", type=int,
                        help="intra-op threads for torch / ONNX Runtime / OpenVINO (default: all cores)")
     sweep.add_argument("--compare", nargs="+", choices=COMPARE, default=[],
                        help="timm: export timm's model the standard way on the same weights and run it "
                             "interleaved with ours (onnxruntime, openvino at the same precision, and torch)")
+    sweep.add_argument("--calibration", type=Path, metavar="DIR",
+                       help="openvino int8: images to calibrate on (ours via `quantize`, timm's export alike)")
     sweep.add_argument("--compare-img-size", type=int, nargs="+", help="compare only at these resolutions")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--warmup", type=int, default=2, help="warm-up rounds per cell")
@@ -71,7 +74,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         backends=list(dict.fromkeys(args.backend)), precisions=list(dict.fromkeys(args.precision)),
         threads=args.threads, warmup=args.warmup, iters=args.iters, min_iters=args.min_iters,
         min_time=args.min_time, max_time=args.max_time, compare=list(args.compare),
-        compare_img_sizes=args.compare_img_size, max_pixels_per_batch=args.max_pixels_per_batch,
+        compare_img_sizes=args.compare_img_size, calibration=args.calibration,
+        max_pixels_per_batch=args.max_pixels_per_batch,
         max_memory_gb=args.max_memory_gb, output=args.output, workdir=args.workdir,
         triton_queue_delay_us=args.triton_queue_delay_us, cooldown_ms=args.cooldown_ms, seed=args.seed,
         plots=not args.no_plots,

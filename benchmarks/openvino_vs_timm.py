@@ -1,12 +1,19 @@
-"""Our ONNX vs timm's standard export, each under OpenVINO bf16, OpenVINO fp32 and ONNX Runtime fp32, in one run.
+"""Our ONNX vs timm's standard export under OpenVINO int8 / bf16 / fp32 and ONNX Runtime fp32, in one run,
+with the fidelity of every reduced-precision path.
 
-    python benchmarks/openvino_vs_timm.py --model swinv2_tiny_window8_256 --batch 1 8 --threads 2
+    python benchmarks/openvino_vs_timm.py --model swinv2_tiny_window8_256 --batch 1 8 --threads 2 \\
+        --calibration CALIB_DIR --check-images CHECK_DIR [--checkpoint OUR_CHECKPOINT --img-size 256]
 
-Same weights (every parameter moved off its init by N(0, 0.02), as in onnx_vs_timm.py) in both graphs.
-Six engines; iterations are interleaved across all of them (engine 1, 2, ... 6, engine 1, ...) so machine
-noise hits each alike. Prints median/p90 latency per engine and batch, ratios to timm's best path (timm
-under OpenVINO bf16), and each reduced-precision engine's top-1 agreement / max relative logit error
-against ONNX Runtime fp32 of the same graph. Needs timm (the `dev` extra) and openvino.
+Weights: ``--checkpoint`` (ours; ``--img-size`` transfers it to another resolution), else the preset with
+every parameter moved off its init by N(0, 0.02) (as onnx_vs_timm.py; nothing can be downloaded here).
+Both graphs carry the same weights. int8: ours goes through the product path (``quantize_int8`` -> IR ->
+``OpenVINORuntime``); timm's export is quantized with the same NNCF settings on the same calibration images.
+
+Timing: eight engines, iterations interleaved across all of them so machine noise hits each alike, a 50 ms
+untimed pause before each call; median/p90 per engine and batch and ratios to timm's best path (timm
+under OpenVINO bf16). Fidelity: each reduced-precision engine against ONNX Runtime fp32 of the same graph
+on the real images of ``--check-images`` (labels, if the folder has class sub-folders, give accuracy) and
+on ``--random`` standard-normal inputs: top-1 agreement, max relative logit error, NaN/Inf count.
 """
 
 from __future__ import annotations
@@ -24,9 +31,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from onnx_vs_timm import common_parser, emit, export_pair, off_init_model, session  # noqa: E402
 
-from swinv2_serve.openvino_backend import compare_logits, compile_onnx_dynamic_batch  # noqa: E402
+from swinv2_serve.checkpoint import load_model  # noqa: E402
+from swinv2_serve.openvino_backend import OpenVINORuntime, compare_logits, compile_onnx_dynamic_batch  # noqa: E402
+from swinv2_serve.openvino_int8 import load_calibration_set, quantize_int8  # noqa: E402
+from swinv2_serve.preprocess import Preprocess, image_files  # noqa: E402
+from swinv2_serve.runtime import read_onnx_metadata  # noqa: E402
 
 Engine = Callable[[np.ndarray], np.ndarray]
+REFERENCE = "onnxruntime-fp32"
 
 
 def ort_engine(path: Path, threads: int) -> Engine:
@@ -35,66 +47,108 @@ def ort_engine(path: Path, threads: int) -> Engine:
     return lambda x: sess.run([name], {"input": x})[0]
 
 
-def build_engines(ours: Path, timm: Path, threads: int) -> dict[str, Engine]:
-    engines: dict[str, Engine] = {}
+def build_engines(ours: Path, timm: Path, calibration: Path, threads: int, workdir: Path) -> dict[str, Engine]:
+    images = load_calibration_set(calibration, Preprocess.from_metadata(read_onnx_metadata(ours)))
+    xml = quantize_int8(ours, calibration, workdir / "ours_int8.xml", fidelity="warn", threads=threads).xml
+    ours_int8 = OpenVINORuntime(xml, threads=threads, fidelity="off")
+    engines: dict[str, Engine] = {
+        "ours/openvino-int8": lambda x: ours_int8(x)["logits"],
+        "timm/openvino-int8": compile_onnx_dynamic_batch(timm, "int8", threads, calibration=images.calibration),
+    }
     for graph, path in (("ours", ours), ("timm", timm)):  # logits are output 0 in both graphs
         engines[f"{graph}/openvino-bf16"] = compile_onnx_dynamic_batch(path, "bf16", threads)
         engines[f"{graph}/openvino-fp32"] = compile_onnx_dynamic_batch(path, "fp32", threads)
-        engines[f"{graph}/onnxruntime-fp32"] = ort_engine(path, threads)
+        engines[f"{graph}/{REFERENCE}"] = ort_engine(path, threads)
     return engines
 
 
-def time_interleaved(engines: dict[str, Engine], x: np.ndarray, iters: int, warmup: int) -> dict[str, list[float]]:
+def time_interleaved(engines: dict[str, Engine], x: np.ndarray, iters: int, warmup: int,
+                     cooldown_s: float = 0.05) -> dict[str, list[float]]:
     for _ in range(warmup):
         for run in engines.values():
             run(x)
     times: dict[str, list[float]] = {k: [] for k in engines}
     for _ in range(iters):
         for key, run in engines.items():
+            time.sleep(cooldown_s)  # let the previous engine's threads go idle
             start = time.perf_counter()
             run(x)
             times[key].append((time.perf_counter() - start) * 1000)
     return times
 
 
-def fidelity(engines: dict[str, Engine], x: np.ndarray) -> dict[str, dict]:
-    out = {}
+def batched(run: Engine, x: np.ndarray, batch: int = 8) -> np.ndarray:
+    return np.concatenate([run(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def fidelity(engines: dict[str, Engine], inputs: np.ndarray, labels: np.ndarray | None) -> dict[str, dict]:
+    out: dict[str, dict] = {}
     for graph in ("ours", "timm"):
-        ref = engines[f"{graph}/onnxruntime-fp32"](x)
-        for precision in ("bf16", "fp32"):
-            report = compare_logits(ref, engines[f"{graph}/openvino-{precision}"](x), precision)
-            out[f"{graph}/openvino-{precision}"] = {"top1_agreement": report.top1_agreement,
-                                                   "max_rel_error": round(report.max_rel_error, 5),
-                                                   "nonfinite": report.nonfinite}
+        ref = batched(engines[f"{graph}/{REFERENCE}"], inputs)
+        if labels is not None:
+            out[f"{graph}/{REFERENCE}"] = {"accuracy": round(float((ref.argmax(1) == labels).mean()), 4)}
+        for precision in ("int8", "bf16"):
+            got = batched(engines[f"{graph}/openvino-{precision}"], inputs)
+            report = compare_logits(ref, got, precision)
+            row = {"top1_agreement": round(report.top1_agreement, 4), "max_rel_error": round(report.max_rel_error, 4),
+                   "nonfinite": report.nonfinite}
+            if labels is not None:
+                row["accuracy"] = round(float((got.argmax(1) == labels).mean()), 4)
+            out[f"{graph}/openvino-{precision}"] = row
     return out
+
+
+def check_set(folder: Path, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray | None]:
+    """Real images (readable ones) and, when every image sits in a class folder named by an index, labels."""
+    files = [f for f in image_files(folder) if not f.name.startswith("bad_")]
+    x = preprocess.batch(files)
+    parents = {f.parent for f in files}
+    labels = np.array([int(f.parent.name) for f in files]) if all(p.name.isdigit() for p in parents) else None
+    return x, labels
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = common_parser(__doc__, iters=24, warmup=2)
-    parser.add_argument("--check", type=int, default=32, help="random inputs for the fidelity columns")
+    parser.add_argument("--checkpoint", type=Path, help="our checkpoint (default: the preset, perturbed)")
+    parser.add_argument("--img-size", type=int, help="with --checkpoint: transfer it to this resolution")
+    parser.add_argument("--calibration", type=Path, required=True, help="images to quantize on (int8)")
+    parser.add_argument("--check-images", type=Path, required=True, help="real images for the fidelity columns")
+    parser.add_argument("--random", type=int, default=256, help="standard-normal inputs for the fidelity columns")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    model = off_init_model(args.model)
+    if args.checkpoint:
+        model = load_model(args.checkpoint, **({"img_size": args.img_size} if args.img_size else {}))
+    else:
+        model = off_init_model(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="swinv2_ov_bench_"))
     ours, timm = tmp / "ours.onnx", tmp / "timm.onnx"
     export_pair(model, ours, timm)
-    engines = build_engines(ours, timm, args.threads)
+    engines = build_engines(ours, timm, args.calibration, args.threads, tmp)
+    preprocess = Preprocess.from_metadata(read_onnx_metadata(ours))
+    images, labels = check_set(args.check_images, preprocess)
     rng = np.random.default_rng(0)
-    check = rng.standard_normal((args.check, 3, *model.cfg.img_size), dtype=np.float32)
-    result: dict = {"model": args.model, "threads": args.threads, "fidelity_vs_ort_fp32": fidelity(engines, check),
-                    "batches": {}}
+    noise = rng.standard_normal((args.random, 3, *model.cfg.img_size), dtype=np.float32)
+    result: dict = {
+        "model": model.cfg.name, "img_size": list(model.cfg.img_size), "window": list(model.cfg.window_size),
+        "weights": str(args.checkpoint) if args.checkpoint else "preset + N(0, 0.02)", "threads": args.threads,
+        "calibration": str(args.calibration), "check_images": f"{args.check_images} ({len(images)})",
+        "fidelity_vs_ort_fp32": {"images": fidelity(engines, images, labels),
+                                 f"random_{args.random}": fidelity(engines, noise, None)},
+        "batches": {},
+    }
     for batch in args.batch:
         x = rng.standard_normal((batch, 3, *model.cfg.img_size), dtype=np.float32)
         times = time_interleaved(engines, x, max(5, args.iters // batch), args.warmup)
         med = {k: statistics.median(v) for k, v in times.items()}
         timm_best = med["timm/openvino-bf16"]
-        ours_best = min(v for k, v in med.items() if k.startswith("ours/"))
+        best = {g: min((v, k) for k, v in med.items() if k.startswith(f"{g}/")) for g in ("ours", "timm")}
         result["batches"][batch] = {
             "median_ms": {k: round(v, 1) for k, v in med.items()},
             "p90_ms": {k: round(float(np.percentile(v, 90)), 1) for k, v in times.items()},
             "ratio_to_timm_openvino_bf16": {k: round(v / timm_best, 3) for k, v in med.items()},
-            "ours_best_over_timm_best": round(ours_best / timm_best, 3),
+            "ours_best": best["ours"][1], "ours_best_over_timm_openvino_bf16": round(best["ours"][0] / timm_best, 3),
+            "ours_int8_over_timm_int8": round(med["ours/openvino-int8"] / med["timm/openvino-int8"], 3),
             "iters": len(next(iter(times.values()))),
         }
     emit(result, args.json)

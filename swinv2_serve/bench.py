@@ -591,26 +591,20 @@ def int8_runner(impl: str, onnx_path: Path, ours_onnx: Path, calibration: Path, 
                 workdir: Path) -> Runner:
     """OpenVINO int8. Ours: the product path (``quantize_int8`` -> IR -> ``OpenVINORuntime``); timm: its
     export quantized with the same NNCF settings on the same calibration images (a like-for-like peer)."""
-    from .openvino_backend import OpenVINORuntime, compile_properties, cpu_capabilities
-    from .openvino_int8 import float_precision_for_int8, load_calibration_set, quantize_int8, quantize_model
+    from .openvino_backend import OpenVINORuntime, compile_onnx_dynamic_batch
+    from .openvino_int8 import load_calibration_set, quantize_int8
 
     if impl == OURS:
         xml = quantize_int8(onnx_path, calibration, workdir / f"{onnx_path.stem}_int8.xml", fidelity="warn",
                             threads=threads).xml
         runtime = OpenVINORuntime(xml, threads=threads, hint="latency", fidelity="off")
         return Runner("openvino", OURS, "int8", lambda x: runtime(x)["logits"], runtime.close)
-    import openvino as ov
-
     from .preprocess import Preprocess
     from .runtime import read_onnx_metadata
 
     images = load_calibration_set(calibration, Preprocess.from_metadata(read_onnx_metadata(ours_onnx)))
-    core = ov.Core()
-    model = core.read_model(str(onnx_path))
-    model.reshape({model.input(0): ov.PartialShape([-1, *model.input(0).get_partial_shape()[1:]])})
-    properties = compile_properties(float_precision_for_int8(cpu_capabilities(core)), "latency", threads, None)
-    compiled = core.compile_model(quantize_model(model, images.calibration), "CPU", properties)
-    return Runner("openvino", TIMM, "int8", lambda x: np.array(compiled(x)[0], dtype=np.float32))
+    return Runner("openvino", TIMM, "int8", compile_onnx_dynamic_batch(onnx_path, "int8", threads,
+                                                                       calibration=images.calibration))
 
 
 @contextlib.contextmanager

@@ -185,15 +185,24 @@ def compile_properties(precision: str, hint: str, threads: int | None, cache_dir
 
 
 def compile_onnx_dynamic_batch(path: str | os.PathLike, precision: str, threads: int | None,
-                               hint: str = "latency") -> Callable[[np.ndarray], np.ndarray]:
+                               hint: str = "latency", calibration: np.ndarray | None = None
+                               ) -> Callable[[np.ndarray], np.ndarray]:
     """Any ONNX (e.g. timm's standard export) compiled for the CPU with batch -1, as ``x -> output 0``.
 
     No metadata or I/O names are required (unlike ``OpenVINORuntime``); the output is a float32 copy.
+    ``precision="int8"`` quantizes it first with ``openvino_int8.quantize_model`` on ``calibration``
+    (preprocessed images), the settings ``swinv2-serve quantize`` uses for ours.
     """
     ov = require_openvino()
     core = ov.Core()
     model = core.read_model(os.fspath(path))
     model.reshape({model.input(0): ov.PartialShape([-1, *model.input(0).get_partial_shape()[1:]])})
+    if precision == "int8":
+        from .openvino_int8 import float_precision_for_int8, quantize_model
+
+        if calibration is None:
+            raise SwinV2ServeError("int8 needs calibration images")
+        model, precision = quantize_model(model, calibration), float_precision_for_int8(cpu_capabilities(core))
     compiled = core.compile_model(model, DEVICE, compile_properties(precision, hint, threads, None))
     request = compiled.create_infer_request()
     output = compiled.output(0)

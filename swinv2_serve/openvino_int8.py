@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError, DatasetError, ImageDecodeError, SwinV2ServeError
+from .errors import BackendUnavailableError, DatasetError, SwinV2ServeError
 from .openvino_backend import (
     DEVICE,
     FIDELITY_THRESHOLD,
@@ -95,14 +95,8 @@ def load_calibration_set(images: str | os.PathLike, preprocess: Preprocess, *, c
     if not root.is_dir():
         raise DatasetError(f"calibration images: {root} is not a directory")
     files = image_files(root)
-    order = np.random.default_rng(seed).permutation(len(files))
-    arrays: list[np.ndarray] = []
-    unreadable: list[str] = []
-    for index in order:
-        try:
-            arrays.append(preprocess(files[index]))
-        except ImageDecodeError as exc:
-            unreadable.append(f"{files[index].name}: {exc}")
+    shuffled = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
+    arrays, unreadable = preprocess.batch_readable(shuffled)
     n_check = min(check, len(arrays) // 5)
     n_calibration = min(calibration, len(arrays) - n_check)
     if n_check < MIN_CHECK or n_calibration < MIN_CALIBRATION:
@@ -111,8 +105,7 @@ def load_calibration_set(images: str | os.PathLike, preprocess: Preprocess, *, c
             f"int8 needs at least {MIN_CALIBRATION} to calibrate and {MIN_CHECK} held out to check fidelity "
             f"(>= {MIN_CALIBRATION + MIN_CHECK} and a fifth held out: give {5 * MIN_CHECK} or more images like the "
             "ones you will serve)")
-    stacked = np.stack(arrays)
-    return CalibrationSet(calibration=stacked[n_check:n_check + n_calibration], check=stacked[:n_check],
+    return CalibrationSet(calibration=arrays[n_check:n_check + n_calibration], check=arrays[:n_check],
                           unreadable=tuple(unreadable))
 
 

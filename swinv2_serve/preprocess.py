@@ -185,6 +185,17 @@ class Preprocess:
         array = (array - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
+    def batch_readable(self, paths: Iterable[Path]) -> tuple[np.ndarray, list[str]]:
+        """Files -> float32 [B, 3, H, W] of those that decode, and "name: reason" for those that do not."""
+        arrays, unreadable = [], []
+        for path in paths:
+            try:
+                arrays.append(self(path))
+            except ImageDecodeError as exc:
+                unreadable.append(f"{Path(path).name}: {exc}")
+        stacked = np.stack(arrays) if arrays else np.zeros((0, 3, *self.img_size), dtype=np.float32)
+        return stacked, unreadable
+
     def batch(self, sources: Iterable[ImageLike]) -> np.ndarray:
         """Several images -> float32 [B, 3, H, W]."""
         arrays = [self(s) for s in sources]

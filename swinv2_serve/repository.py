@@ -157,6 +157,7 @@ class OpenVINOOptions:
     hint: str = "latency"  # PERFORMANCE_HINT LATENCY | THROUGHPUT
     num_streams: str | None = None  # NUM_STREAMS (e.g. "1", "AUTO")
     calibration: str | os.PathLike | None = None  # int8: images to calibrate on and check with
+    fidelity_images: str | os.PathLike | None = None  # bf16: check on these (default: seeded random inputs)
 
     def parameters(self) -> dict[str, str]:
         params = {"PERFORMANCE_HINT": self.hint.upper()}
@@ -424,7 +425,8 @@ def _write_openvino_model(onnx: str | os.PathLike, xml: Path, options: OpenVINOO
         quantize_int8(onnx, options.calibration, xml, threads=options.threads, fidelity="refuse")
         return
     if options.precision == "bf16":
-        OpenVINORuntime(onnx, precision="bf16", threads=options.threads, fidelity="refuse").close()
+        OpenVINORuntime(onnx, precision="bf16", threads=options.threads, fidelity="refuse",
+                        check_inputs=options.fidelity_images).close()
     convert_to_ir(onnx, xml)
 
 

@@ -164,3 +164,13 @@ def test_server_openvino_round_trip(onnx_path: Path, ort, photos: np.ndarray, ph
     want = ort(photos)["logits"]
     assert float((served.argmax(1) == want.argmax(1)).mean()) >= FIDELITY_THRESHOLD
     assert from_bytes.argmax(1)[0] == want[1].argmax()
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 (OpenVINO capabilities lack BF16)")
+def test_bf16_fidelity_checked_on_an_image_folder(onnx_path: Path, images_dir: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    runtime = load(onnx_path, "openvino", precision="bf16", threads=2, fidelity="warn", check_inputs=images_dir)
+    assert runtime.fidelity is not None and runtime.fidelity.samples == 8  # the 8 good photos, not random inputs
+    assert "skipped bad_truncated.jpg" in caplog.text and "skipped bad_not_an_image.jpg" in caplog.text
+    with pytest.raises(Exception, match="no readable images"):
+        load(onnx_path, "openvino", precision="bf16", check_inputs=images_dir / "missing")

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="openvino: bf16 (HINT_BF16) or int8 (quantized IR), written only if it passes the "
                              "fidelity check here")
     parser.add_argument("--calibration", metavar="DIR", help="openvino int8: images to calibrate and check on")
+    parser.add_argument("--fidelity-images", metavar="DIR",
+                        help="openvino bf16: check agreement on these images (default: seeded random inputs)")
     parser.add_argument("--threads", type=int, help="openvino: INFERENCE_NUM_THREADS")
     parser.add_argument("--hint", choices=["latency", "throughput"], default="latency",
                         help="openvino: PERFORMANCE_HINT")
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..repository import OpenVINOOptions, write_repository
 
     openvino = OpenVINOOptions(precision=args.precision, threads=args.threads, hint=args.hint,
-                               calibration=args.calibration)
+                               calibration=args.calibration, fidelity_images=args.fidelity_images)
     repo = write_repository(
         args.output, args.name, onnx=args.onnx, plan=args.plan, max_batch=args.max_batch, instances=args.instances,
         kind=args.kind, max_queue_delay_us=args.max_queue_delay_us, engine_at_start=args.engine_at_start,

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                             "an int8 IR runs int8)")
     parser.add_argument("--fidelity", choices=["refuse", "warn", "off"],
                         help="openvino bf16/int8: refuse (default) / warn / skip when top-1 agreement with fp32 < 99%%")
+    parser.add_argument("--fidelity-images", metavar="DIR",
+                        help="openvino bf16: check agreement on these images (default: seeded random inputs)")
     parser.add_argument("--name", default="swinv2", help="served model name (also NAME_image); default swinv2")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--http-port", type=int, default=8000)
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         options["precision"] = args.precision
     if args.fidelity:
         options["fidelity"] = args.fidelity
+    if args.fidelity_images:
+        options["check_inputs"] = args.fidelity_images
     config = ServerConfig(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,

@@ -192,3 +192,27 @@ def test_trained_model_int8_passes_the_gate_and_keeps_accuracy(trained: tuple[Pa
         openvino=OpenVINOOptions(precision="int8", calibration=val, threads=2)).configs["digits"].read_text())
     assert config.backend == "openvino" and [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
     assert int8_record(ov.Core().read_model(str(tmp_path / "repo" / "digits" / "1" / "model.xml"))) is not None
+
+
+def test_int8_ir_served_by_triton_equals_direct(int8_xml: Path, digits: Path, tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    from swinv2_serve.server import ServerConfig, free_ports, serve
+
+    direct = load(int8_xml, threads=2, fidelity="warn")
+    x = Preprocess.from_metadata(direct.metadata).batch(image_files(digits)[:5])
+    http, grpc, metrics = free_ports(3)
+    config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=8,
+                          log_file=str(tmp_path / "triton.log"))
+    with serve(int8_xml, "nano", config=config, runtime_options={"threads": 2, "fidelity": "warn"}) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        served = client.infer("nano", [tensor]).as_numpy("logits")
+        image = grpcclient.InferInput("image", [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[image_files(digits)[0].read_bytes()]], dtype=object))
+        from_bytes = client.infer("nano_image", [image]).as_numpy("logits")
+        client.close()
+    want = direct(x)["logits"]
+    assert np.abs(served - want).max() < 1e-4 and np.array_equal(served.argmax(1), want.argmax(1))
+    assert np.abs(from_bytes[0] - want[0]).max() < 1e-4

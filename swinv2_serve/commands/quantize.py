@@ -24,10 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..openvino_int8 import quantize_int8
+    from ..openvino_int8 import quantize_int8, require_nncf
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lists every node it leaves alone
+    require_nncf().set_log_level(logging.WARNING)  # its INFO lists every node it leaves alone
     result = quantize_int8(args.onnx, args.images, args.output, calibration=args.calibration, check=args.check,
                            fidelity=args.fidelity, threads=args.threads)
     print(f"wrote {result.xml} in {result.seconds:.0f}s: calibrated on {result.calibration_images} images; "

@@ -69,6 +69,24 @@ def cpu_capabilities(core: Any | None = None) -> list[str]:
     return list(core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
 
 
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_has_vnni(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8).
+
+    OpenVINO reports "INT8" either way; the difference matters because without VNNI the int8 kernels
+    accumulate pairs of u8*s8 products in saturating int16 (``vpmaddubsw``), which needs NNCF's overflow fix.
+    Where the flags cannot be read (not Linux), the answer is False: the safe side.
+    """
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in VNNI_FLAGS)
+
+
 def resolve_precision(requested: str, capabilities: Sequence[str]) -> tuple[str, str | None]:
     """(precision to run, message or None): bf16 only where the CPU reports BF16, else fp32 with a reason."""
     if requested not in PRECISIONS:
@@ -144,8 +162,12 @@ def enforce_fidelity(report: FidelityReport, mode: str, source: str) -> None:
     if report.ok:
         log.info("%s: %s", source, report.summary())
         return
-    message = (f"{source}: {report.summary()}. This precision changes predictions: serve fp32 "
-               "(precision='fp32'), or pass fidelity='warn' to run it anyway")
+    refuse_or_warn(f"{source}: {report.summary()}. This precision changes predictions: serve fp32 "
+                   "(precision='fp32'), or pass fidelity='warn' to run it anyway", mode)
+
+
+def refuse_or_warn(message: str, mode: str) -> None:
+    """A fidelity problem: FidelityError under ``refuse``, a loud warning under ``warn``."""
     if mode == "refuse":
         raise FidelityError(message)
     log.warning("LOW FIDELITY %s", message)
@@ -234,7 +256,7 @@ class OpenVINORuntime(Runtime):
         path = Path(path)
         if fidelity not in FIDELITY_MODES:
             raise SwinV2ServeError(f"fidelity must be one of {', '.join(FIDELITY_MODES)}, got {fidelity!r}")
-        from .openvino_int8 import float_precision_for_int8, int8_record, is_quantized
+        from .openvino_int8 import float_precision_for_int8, int8_record, is_quantized, overflow_mismatch
 
         self.core = ov.Core()
         model = self.core.read_model(os.fspath(path))
@@ -261,7 +283,11 @@ class OpenVINORuntime(Runtime):
         if fidelity == "off" or self.precision == "fp32":
             return
         if quantized:  # no fp32 weights to compare with here: enforce what quantize_int8 measured
-            self.fidelity = _recorded_fidelity(int8_record(model), path)
+            record = int8_record(model)
+            mismatch = record and overflow_mismatch(record, cpu_has_vnni())
+            if mismatch:
+                refuse_or_warn(f"{path.name}: {mismatch}; or pass fidelity='warn' to run it anyway", fidelity)
+            self.fidelity = _recorded_fidelity(record, path)
         else:
             self.fidelity = self._check_fidelity(model, check_inputs, fidelity_threshold)
         if self.fidelity is not None:

@@ -158,6 +158,9 @@ class OpenVINOOptions:
     num_streams: str | None = None  # NUM_STREAMS (e.g. "1", "AUTO")
     calibration: str | os.PathLike | None = None  # int8: images to calibrate on and check with
     fidelity_images: str | os.PathLike | None = None  # bf16: check on these (default: seeded random inputs)
+    fidelity: str = "refuse"  # bf16/int8 below the threshold: refuse, or "warn" and write it anyway
+    fidelity_threshold: float = 0.99  # top-1 agreement with fp32 (openvino_backend.FIDELITY_THRESHOLD)
+    overflow_fix: str = "auto"  # int8: NNCF's overflow fix (openvino_int8.OVERFLOW_FIX)
 
     def parameters(self) -> dict[str, str]:
         params = {"PERFORMANCE_HINT": self.hint.upper()}
@@ -373,41 +376,47 @@ def write_repository(
                 raise SwinV2ServeError(f"{root / model} exists; remove it or write to another --output")
             shutil.rmtree(root / model)
 
-    # NAME: the network
-    tensor_dir = root / tensor_name
-    (tensor_dir / "1").mkdir(parents=True)
-    if engine_at_start:
-        if plan is not None or onnx is None or kind != "gpu":
-            raise SwinV2ServeError("--engine-at-start needs --onnx, no --plan, and --kind gpu")
-        shutil.copyfile(onnx, tensor_dir / "model.onnx")
-        platform = "tensorrt_plan"
-    elif plan is not None:
-        shutil.copyfile(plan, tensor_dir / "1" / "model.plan")
-        shutil.copyfile(f"{os.fspath(plan)}.json", tensor_dir / "1" / "model.plan.json")
-        platform = "tensorrt_plan"
-    elif backend == "openvino":
-        _write_openvino_model(onnx, tensor_dir / "1" / OPENVINO_MODEL_FILE, openvino or OpenVINOOptions())  # type: ignore[arg-type]
-        platform = "openvino"
-    else:
-        shutil.copyfile(onnx, tensor_dir / "1" / "model.onnx")  # type: ignore[arg-type]
-        platform = "onnxruntime_onnx"
-    config = tensor_config(tensor_name, metadata, names, platform=platform, kind=kind, batching=batching,
-                           openvino=openvino)
-    repo.configs[tensor_name] = _write(tensor_dir / "config.pbtxt", to_text(config))
-    _write(tensor_dir / LABELS_FILE, labels_text(names))
+    try:  # a refused bf16/int8 check, or any other failure, leaves no half-written model behind
+        # NAME: the network
+        tensor_dir = root / tensor_name
+        (tensor_dir / "1").mkdir(parents=True)
+        if engine_at_start:
+            if plan is not None or onnx is None or kind != "gpu":
+                raise SwinV2ServeError("--engine-at-start needs --onnx, no --plan, and --kind gpu")
+            shutil.copyfile(onnx, tensor_dir / "model.onnx")
+            platform = "tensorrt_plan"
+        elif plan is not None:
+            shutil.copyfile(plan, tensor_dir / "1" / "model.plan")
+            shutil.copyfile(f"{os.fspath(plan)}.json", tensor_dir / "1" / "model.plan.json")
+            platform = "tensorrt_plan"
+        elif backend == "openvino":
+            options = openvino or OpenVINOOptions()
+            _write_openvino_model(onnx, tensor_dir / "1" / OPENVINO_MODEL_FILE, options)  # type: ignore[arg-type]
+            platform = "openvino"
+        else:
+            shutil.copyfile(onnx, tensor_dir / "1" / "model.onnx")  # type: ignore[arg-type]
+            platform = "onnxruntime_onnx"
+        config = tensor_config(tensor_name, metadata, names, platform=platform, kind=kind, batching=batching,
+                               openvino=openvino)
+        repo.configs[tensor_name] = _write(tensor_dir / "config.pbtxt", to_text(config))
+        _write(tensor_dir / LABELS_FILE, labels_text(names))
 
-    # NAME_preprocess: bytes -> tensor with the package's single preprocessing path
-    pre_dir = root / pre_name
-    config = preprocess_config(pre_name, metadata, names, batching=batching)
-    repo.configs[pre_name] = _write(pre_dir / "config.pbtxt", to_text(config))
-    _write(pre_dir / "1" / "model.py", preprocess_model_source())
+        # NAME_preprocess: bytes -> tensor with the package's single preprocessing path
+        pre_dir = root / pre_name
+        config = preprocess_config(pre_name, metadata, names, batching=batching)
+        repo.configs[pre_name] = _write(pre_dir / "config.pbtxt", to_text(config))
+        _write(pre_dir / "1" / "model.py", preprocess_model_source())
 
-    # NAME_image: the ensemble
-    ens_dir = root / ens_name
-    (ens_dir / "1").mkdir(parents=True)
-    config = ensemble_config(ens_name, tensor_name, pre_name, metadata, names, max_batch=batching.max_batch)
-    repo.configs[ens_name] = _write(ens_dir / "config.pbtxt", to_text(config))
-    _write(ens_dir / LABELS_FILE, labels_text(names))
+        # NAME_image: the ensemble
+        ens_dir = root / ens_name
+        (ens_dir / "1").mkdir(parents=True)
+        config = ensemble_config(ens_name, tensor_name, pre_name, metadata, names, max_batch=batching.max_batch)
+        repo.configs[ens_name] = _write(ens_dir / "config.pbtxt", to_text(config))
+        _write(ens_dir / LABELS_FILE, labels_text(names))
+    except BaseException:
+        for model in (tensor_name, pre_name, ens_name):
+            shutil.rmtree(root / model, ignore_errors=True)
+        raise
     return repo
 
 
@@ -422,11 +431,12 @@ def _write_openvino_model(onnx: str | os.PathLike, xml: Path, options: OpenVINOO
             raise SwinV2ServeError("--precision int8 needs --calibration DIR: images like the ones you will serve")
         from .openvino_int8 import quantize_int8
 
-        quantize_int8(onnx, options.calibration, xml, threads=options.threads, fidelity="refuse")
+        quantize_int8(onnx, options.calibration, xml, threads=options.threads, fidelity=options.fidelity,
+                      threshold=options.fidelity_threshold, overflow_fix=options.overflow_fix)
         return
     if options.precision == "bf16":
-        OpenVINORuntime(onnx, precision="bf16", threads=options.threads, fidelity="refuse",
-                        check_inputs=options.fidelity_images).close()
+        OpenVINORuntime(onnx, precision="bf16", threads=options.threads, fidelity=options.fidelity,
+                        fidelity_threshold=options.fidelity_threshold, check_inputs=options.fidelity_images).close()
     convert_to_ir(onnx, xml)
 
 

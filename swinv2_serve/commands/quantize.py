@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..openvino_int8 import DEFAULT_CALIBRATION, DEFAULT_CHECK
+from ..openvino_int8 import DEFAULT_CALIBRATION, DEFAULT_CHECK, OVERFLOW_FIX
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fidelity", choices=["refuse", "warn"], default="refuse",
                         help="below 99%% top-1 agreement with fp32 on the held-out images: refuse (default) or "
                              "write it anyway with a warning")
+    parser.add_argument("--overflow-fix", choices=OVERFLOW_FIX, default="auto",
+                        help="NNCF's overflow fix (weights on 7 bits): auto = every layer unless this CPU has VNNI; "
+                             "enable = every layer, for an IR served on CPUs without VNNI (e.g. AVX2-only); "
+                             "first-layer = NNCF's default, for VNNI/AMX fleets")
     parser.add_argument("--threads", type=int, help="OpenVINO threads for the check")
 
 
@@ -29,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     require_nncf().set_log_level(logging.WARNING)  # its INFO lists every node it leaves alone
     result = quantize_int8(args.onnx, args.images, args.output, calibration=args.calibration, check=args.check,
-                           fidelity=args.fidelity, threads=args.threads)
+                           fidelity=args.fidelity, threads=args.threads, overflow_fix=args.overflow_fix)
     print(f"wrote {result.xml} in {result.seconds:.0f}s: calibrated on {result.calibration_images} images; "
           f"{result.report.summary()}")
     print(f"serve it: swinv2-serve serve --onnx {result.xml}")

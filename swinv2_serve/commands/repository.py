@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..openvino_int8 import OVERFLOW_FIX
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", metavar="PATH", help="exported ONNX (its metadata describes the model)")
@@ -25,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", metavar="DIR", help="openvino int8: images to calibrate and check on")
     parser.add_argument("--fidelity-images", metavar="DIR",
                         help="openvino bf16: check agreement on these images (default: seeded random inputs)")
+    parser.add_argument("--fidelity", choices=["refuse", "warn"], default="refuse",
+                        help="openvino bf16/int8 below 99%% top-1 agreement with fp32: refuse (default) or write "
+                             "it anyway with a warning")
+    parser.add_argument("--overflow-fix", choices=OVERFLOW_FIX, default="auto",
+                        help="openvino int8: NNCF's overflow fix; auto = every layer unless this CPU has VNNI, "
+                             "enable = every layer (for serving CPUs without VNNI)")
     parser.add_argument("--threads", type=int, help="openvino: INFERENCE_NUM_THREADS")
     parser.add_argument("--hint", choices=["latency", "throughput"], default="latency",
                         help="openvino: PERFORMANCE_HINT")
@@ -34,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from ..repository import OpenVINOOptions, write_repository
 
     openvino = OpenVINOOptions(precision=args.precision, threads=args.threads, hint=args.hint,
-                               calibration=args.calibration, fidelity_images=args.fidelity_images)
+                               calibration=args.calibration, fidelity_images=args.fidelity_images,
+                               fidelity=args.fidelity, overflow_fix=args.overflow_fix)
     repo = write_repository(
         args.output, args.name, onnx=args.onnx, plan=args.plan, max_batch=args.max_batch, instances=args.instances,
         kind=args.kind, max_queue_delay_us=args.max_queue_delay_us, engine_at_start=args.engine_at_start,

@@ -39,3 +39,14 @@ def perturb_(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torc
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits_demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`swinv2-serve train --demo digits` run once per session (a real training, ~2 min on 2 cores): its
+    output folder (checkpoint.pt, metrics.json, holdout/). Slow tests that need a trained model share it."""
+    from swinv2_serve.cli import main as cli_main
+
+    output = tmp_path_factory.mktemp("digits_demo")
+    assert cli_main(["train", "--demo", "digits", "--output", str(output), "--no-progress"]) == 0
+    return output

@@ -232,7 +232,6 @@ def test_digits_demo_writes_its_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_digits_demo_reaches_target(tmp_path: Path) -> None:
-    assert cli_main(["train", "--demo", "digits", "--output", str(tmp_path), "--no-progress"]) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+def test_digits_demo_reaches_target(digits_demo_run: Path) -> None:
+    metrics = json.loads((digits_demo_run / "metrics.json").read_text())
     assert metrics["val_top1"] >= 0.9, metrics

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,11 +79,43 @@ class CalibrationSet:
 
 
 @dataclass(frozen=True)
+class LatencyCheck:
+    """Batch-1 median latency of the fp32 and int8 compiles on the quantizing CPU: a quick check that int8
+    pays off here (without VNNI it may not), not a benchmark (``swinv2-serve bench`` is)."""
+
+    fp32_ms: float
+    int8_ms: float
+    rounds: int
+
+    @property
+    def ratio(self) -> float:
+        return self.int8_ms / self.fp32_ms
+
+    def summary(self) -> str:
+        return (f"batch 1: int8 {self.int8_ms:.1f} ms vs fp32 {self.fp32_ms:.1f} ms "
+                f"({self.ratio:.2f}x, median of {self.rounds})")
+
+
+@dataclass(frozen=True)
 class Int8Result:
     xml: Path
     report: FidelityReport
     calibration_images: int
     seconds: float
+    speed: LatencyCheck
+
+
+def check_latency(reference: Callable[[np.ndarray], Any], candidate: Callable[[np.ndarray], Any], x: np.ndarray,
+                  rounds: int = 7) -> LatencyCheck:
+    """Median ms of ``rounds`` calls each, alternating the two so machine noise hits both alike."""
+    reference(x), candidate(x)  # warm-up: first calls allocate and tune
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for run, out in ((reference, times[0]), (candidate, times[1])):
+            start = time.perf_counter()
+            run(x)
+            out.append((time.perf_counter() - start) * 1000)
+    return LatencyCheck(fp32_ms=float(np.median(times[0])), int8_ms=float(np.median(times[1])), rounds=rounds)
 
 
 def require_nncf() -> Any:
@@ -236,20 +268,26 @@ def quantize_int8(
     report = check_fidelity(lambda x: reference(x)["logits"], lambda x: candidate(x)["logits"], data.check,
                             precision="int8", threshold=threshold)
     enforce_fidelity(report, fidelity, f"{output.name} (int8, checked on {len(data.check)} held-out images)")
+    speed = check_latency(reference, candidate, data.check[:1])
+    if speed.ratio >= 1.0:
+        log.warning("int8 is not faster than fp32 on this CPU (%s%s): serve the fp32 model here, or the "
+                    "int8 IR on CPUs with VNNI/AMX", speed.summary(), "" if cpu_has_vnni() else "; it has no VNNI")
     quantized.set_rt_info(json.dumps(metadata), [METADATA_KEY])
     quantized.set_rt_info(json.dumps({
         "fidelity": report.to_dict(), "check_set": "held-out calibration images",
         "calibration_images": len(data.calibration), "smooth_quant": False, "attention_products": "float",
         "overflow_fix": overflow_fix, "checked_on": {"cpu": core.get_property(DEVICE, "FULL_DEVICE_NAME"),
-                                                     "vnni": cpu_has_vnni(), "float_precision": float_precision},
+                                                     "vnni": cpu_has_vnni(), "float_precision": float_precision,
+                                                     "batch1_ms": {"fp32": round(speed.fp32_ms, 2),
+                                                                   "int8": round(speed.int8_ms, 2)}},
         "nncf": getattr(require_nncf(), "__version__", "unknown"),
     }), [INT8_KEY])
     output.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, os.fspath(output), compress_to_fp16=False)
     return Int8Result(xml=output, report=report, calibration_images=len(data.calibration),
-                      seconds=time.perf_counter() - started)
+                      seconds=time.perf_counter() - started, speed=speed)
 
 
-__all__ = ["OVERFLOW_FIX", "CalibrationSet", "Int8Result", "activation_matmuls", "float_precision_for_int8",
-           "int8_record", "is_quantized", "load_calibration_set", "overflow_mismatch", "quantize_int8",
-           "quantize_model", "resolve_overflow_fix"]
+__all__ = ["OVERFLOW_FIX", "CalibrationSet", "Int8Result", "LatencyCheck", "activation_matmuls", "check_latency",
+           "float_precision_for_int8", "int8_record", "is_quantized", "load_calibration_set", "overflow_mismatch",
+           "quantize_int8", "quantize_model", "resolve_overflow_fix"]

@@ -82,6 +82,7 @@ def test_int8_ir_records_fidelity_and_loads_as_int8(onnx_path: Path, int8_xml: P
     record = int8_record(ov.Core().read_model(str(int8_xml)))
     assert record is not None and record["calibration_images"] == 48 and record["smooth_quant"] is False
     assert record["fidelity"]["samples"] == 12 and record["fidelity"]["precision"] == "int8"
+    assert record["checked_on"]["vnni"] == cpu_has_vnni() and record["checked_on"]["batch1_ms"]["int8"] > 0
     runtime = load(int8_xml, threads=2, fidelity="warn")
     assert runtime.precision == "int8" and runtime.metadata["model"] == "swinv2_nano_window4_64"
     assert runtime.fidelity is not None and runtime.fidelity.samples == 12
@@ -138,7 +139,8 @@ def test_cli_quantize(onnx_path: Path, digits: Path, tmp_path: Path, capsys: pyt
     out = tmp_path / "cli_int8.xml"
     assert cli_main(["quantize", "--onnx", str(onnx_path), "--images", str(digits), "--output", str(out),
                      "--fidelity", "warn", "--threads", "2"]) == 0
-    assert out.is_file() and "calibrated on 48 images" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert out.is_file() and "calibrated on 48 images" in printed and "on this CPU, batch 1: int8 " in printed
     assert cli_main(["quantize", "--onnx", str(onnx_path), "--images", str(tmp_path / "none"),
                      "--output", str(tmp_path / "x.xml")]) == 2
     assert "is not a directory" in capsys.readouterr().err

@@ -36,5 +36,7 @@ def run(args: argparse.Namespace) -> int:
                            fidelity=args.fidelity, threads=args.threads, overflow_fix=args.overflow_fix)
     print(f"wrote {result.xml} in {result.seconds:.0f}s: calibrated on {result.calibration_images} images; "
           f"{result.report.summary()}")
+    verdict = "" if result.speed.ratio < 1.0 else ": int8 does not pay off here"
+    print(f"on this CPU, {result.speed.summary()}{verdict}")
     print(f"serve it: swinv2-serve serve --onnx {result.xml}")
     return 0

@@ -27,6 +27,7 @@ images is stored in the IR and enforced the same way on load.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -72,6 +73,7 @@ def cpu_capabilities(core: Any | None = None) -> list[str]:
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
+@functools.cache  # the CPU does not change under a running process
 def cpu_has_vnni(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     """Whether this CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8).
 
@@ -284,7 +286,7 @@ class OpenVINORuntime(Runtime):
             return
         if quantized:  # no fp32 weights to compare with here: enforce what quantize_int8 measured
             record = int8_record(model)
-            mismatch = record and overflow_mismatch(record, cpu_has_vnni())
+            mismatch = overflow_mismatch(record, cpu_has_vnni()) if record else None
             if mismatch:
                 refuse_or_warn(f"{path.name}: {mismatch}; or pass fidelity='warn' to run it anyway", fidelity)
             self.fidelity = _recorded_fidelity(record, path)

@@ -107,15 +107,13 @@ class Int8Result:
 
 def check_latency(reference: Callable[[np.ndarray], Any], candidate: Callable[[np.ndarray], Any], x: np.ndarray,
                   rounds: int = 7) -> LatencyCheck:
-    """Median ms of ``rounds`` calls each, alternating the two so machine noise hits both alike."""
-    reference(x), candidate(x)  # warm-up: first calls allocate and tune
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(rounds):
-        for run, out in ((reference, times[0]), (candidate, times[1])):
-            start = time.perf_counter()
-            run(x)
-            out.append((time.perf_counter() - start) * 1000)
-    return LatencyCheck(fp32_ms=float(np.median(times[0])), int8_ms=float(np.median(times[1])), rounds=rounds)
+    """Median ms of ``rounds`` calls each, interleaved (``bench.measure``) so machine noise hits both alike."""
+    from .bench import Runner, measure
+
+    runners = [Runner("openvino", "ours", "fp32", reference), Runner("openvino", "ours", "int8", candidate)]
+    times = measure(runners, x, warmup=1, iters=rounds, min_iters=rounds, min_time=0.0, max_time=0.0).times_ms
+    return LatencyCheck(fp32_ms=float(np.median(times[runners[0].key])),
+                        int8_ms=float(np.median(times[runners[1].key])), rounds=rounds)
 
 
 def require_nncf() -> Any:
@@ -214,8 +212,9 @@ def quantize_model(model: Any, calibration: np.ndarray, overflow_fix: str = "aut
         OverflowFix,
     )
 
-    fix = {"enable": OverflowFix.ENABLE, "first-layer": OverflowFix.FIRST_LAYER}[
-        resolve_overflow_fix(overflow_fix, cpu_has_vnni())]
+    if overflow_fix == "auto":
+        overflow_fix = resolve_overflow_fix(overflow_fix, cpu_has_vnni())
+    fix = {"enable": OverflowFix.ENABLE, "first-layer": OverflowFix.FIRST_LAYER}[overflow_fix]
     name = model.input(0).get_any_name()
     return nncf.quantize(
         model,
@@ -247,7 +246,8 @@ def quantize_int8(
     source, output = Path(source), Path(output)
     if output.suffix != ".xml":
         raise SwinV2ServeError(f"int8 output must be an OpenVINO IR path ending in .xml, got {output}")
-    overflow_fix = resolve_overflow_fix(overflow_fix, cpu_has_vnni())
+    has_vnni = cpu_has_vnni()
+    overflow_fix = resolve_overflow_fix(overflow_fix, has_vnni)
     started = time.perf_counter()
     core = ov.Core()
     model = core.read_model(os.fspath(source))
@@ -271,13 +271,13 @@ def quantize_int8(
     speed = check_latency(reference, candidate, data.check[:1])
     if speed.ratio >= 1.0:
         log.warning("int8 is not faster than fp32 on this CPU (%s%s): serve the fp32 model here, or the "
-                    "int8 IR on CPUs with VNNI/AMX", speed.summary(), "" if cpu_has_vnni() else "; it has no VNNI")
+                    "int8 IR on CPUs with VNNI/AMX", speed.summary(), "" if has_vnni else "; it has no VNNI")
     quantized.set_rt_info(json.dumps(metadata), [METADATA_KEY])
     quantized.set_rt_info(json.dumps({
         "fidelity": report.to_dict(), "check_set": "held-out calibration images",
         "calibration_images": len(data.calibration), "smooth_quant": False, "attention_products": "float",
         "overflow_fix": overflow_fix, "checked_on": {"cpu": core.get_property(DEVICE, "FULL_DEVICE_NAME"),
-                                                     "vnni": cpu_has_vnni(), "float_precision": float_precision,
+                                                     "vnni": has_vnni, "float_precision": float_precision,
                                                      "batch1_ms": {"fp32": round(speed.fp32_ms, 2),
                                                                    "int8": round(speed.int8_ms, 2)}},
         "nncf": getattr(require_nncf(), "__version__", "unknown"),

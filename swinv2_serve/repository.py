@@ -30,6 +30,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from .errors import SwinV2ServeError
 from .labels import labels_for, labels_text
+from .openvino_backend import FIDELITY_THRESHOLD
 from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, read_onnx_metadata
 
 IMAGE_INPUT = "image"
@@ -159,7 +160,7 @@ class OpenVINOOptions:
     calibration: str | os.PathLike | None = None  # int8: images to calibrate on and check with
     fidelity_images: str | os.PathLike | None = None  # bf16: check on these (default: seeded random inputs)
     fidelity: str = "refuse"  # bf16/int8 below the threshold: refuse, or "warn" and write it anyway
-    fidelity_threshold: float = 0.99  # top-1 agreement with fp32 (openvino_backend.FIDELITY_THRESHOLD)
+    fidelity_threshold: float = FIDELITY_THRESHOLD  # top-1 agreement with fp32
     overflow_fix: str = "auto"  # int8: NNCF's overflow fix (openvino_int8.OVERFLOW_FIX)
 
     def parameters(self) -> dict[str, str]:

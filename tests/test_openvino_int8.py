@@ -172,7 +172,7 @@ def test_repository_int8(onnx_path: Path, digits: Path, tmp_path: Path) -> None:
 # -- NNCF's overflow fix: int8 products saturate on CPUs without VNNI ------------------------------------------
 def test_cpu_has_vnni_reads_the_flags(tmp_path: Path) -> None:
     def cpuinfo(flags: str) -> Path:
-        path = tmp_path / f"cpuinfo_{len(flags)}"
+        path = tmp_path / f"cpuinfo_{flags.replace(' ', '_')}"  # one file per flag set (results are cached)
         path.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
         return path
 

@@ -19,6 +19,7 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check swinv2_serve tests benchmarks export
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
@@ -26,6 +27,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check swinv2_serve tests benchmarks export
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile
 
 demo: $(STAMP)

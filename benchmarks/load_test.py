@@ -132,8 +132,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "raw" / "load.json")
     args = parser.parse_args()
 
+    from swinv2_serve.contract import read_onnx_metadata
     from swinv2_serve.preprocess import Preprocess
-    from swinv2_serve.runtime import read_onnx_metadata
     from swinv2_serve.server import free_ports
 
     work = Path(tempfile.mkdtemp(prefix="swinv2_load_"))

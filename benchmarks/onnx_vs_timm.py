@@ -79,7 +79,7 @@ def export_pair(model: torch.nn.Module, ours: Path, timm: Path, *, dynamo: bool 
     t0 = time.perf_counter()
     export_onnx(model, ours)
     t1 = time.perf_counter()
-    export_timm_standard(model.cfg, model.state_dict(), None, timm, dynamo)
+    export_timm_standard(model.cfg, model.state_dict(), timm, dynamo)
     return t1 - t0, time.perf_counter() - t1
 
 

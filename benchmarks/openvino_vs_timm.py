@@ -24,7 +24,6 @@ from __future__ import annotations
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,18 +33,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from onnx_vs_timm import common_parser, emit, export_pair, off_init_model, session  # noqa: E402
 
+from swinv2_serve.bench.peers import openvino_logits  # noqa: E402
 from swinv2_serve.checkpoint import load_model  # noqa: E402
-from swinv2_serve.openvino_backend import (  # noqa: E402
-    OpenVINORuntime,
-    compare_logits,
-    compile_onnx_dynamic_batch,
-    cpu_capabilities,
-    cpu_has_vnni,
-    require_openvino,
-)
+from swinv2_serve.contract import read_onnx_metadata  # noqa: E402
+from swinv2_serve.machine import cpu_has_vnni  # noqa: E402
 from swinv2_serve.openvino_int8 import load_calibration_set, quantize_int8  # noqa: E402
 from swinv2_serve.preprocess import Preprocess, image_files  # noqa: E402
-from swinv2_serve.runtime import read_onnx_metadata  # noqa: E402
+from swinv2_serve.runtime.openvino_backend import OpenVINORuntime, cpu_capabilities, require_openvino  # noqa: E402
+from swinv2_serve.timing import Runner, measure  # noqa: E402
+from swinv2_serve.verification import compare  # noqa: E402
 
 Engine = Callable[[np.ndarray], np.ndarray]
 REFERENCE = "onnxruntime-fp32"
@@ -74,29 +70,22 @@ def build_engines(ours: Path, timm: Path, calibration: Path, threads: int, workd
     ours_int8 = OpenVINORuntime(xml, threads=threads, fidelity="off")
     engines: dict[str, Engine] = {
         "ours/openvino-int8": lambda x: ours_int8(x)["logits"],
-        "timm/openvino-int8": compile_onnx_dynamic_batch(timm, "int8", threads, calibration=images.calibration),
+        "timm/openvino-int8": openvino_logits(timm, "int8", threads, calibration=images.calibration),
     }
     for graph, path in (("ours", ours), ("timm", timm)):  # logits are output 0 in both graphs
         if "bf16" in reduced_precisions():
-            engines[f"{graph}/openvino-bf16"] = compile_onnx_dynamic_batch(path, "bf16", threads)
-        engines[f"{graph}/openvino-fp32"] = compile_onnx_dynamic_batch(path, "fp32", threads)
+            engines[f"{graph}/openvino-bf16"] = openvino_logits(path, "bf16", threads)
+        engines[f"{graph}/openvino-fp32"] = openvino_logits(path, "fp32", threads)
         engines[f"{graph}/{REFERENCE}"] = ort_engine(path, threads)
     return engines
 
 
 def time_interleaved(engines: dict[str, Engine], x: np.ndarray, iters: int, warmup: int,
                      cooldown_s: float = 0.05) -> dict[str, list[float]]:
-    for _ in range(warmup):
-        for run in engines.values():
-            run(x)
-    times: dict[str, list[float]] = {k: [] for k in engines}
-    for _ in range(iters):
-        for key, run in engines.items():
-            time.sleep(cooldown_s)  # let the previous engine's threads go idle
-            start = time.perf_counter()
-            run(x)
-            times[key].append((time.perf_counter() - start) * 1000)
-    return times
+    """``timing.measure`` (round-robin, rotated, untimed cooldown before each call) keyed by engine name."""
+    runners = [Runner(key, "", "", run) for key, run in engines.items()]
+    samples = measure(runners, x, warmup=warmup, iters=iters, cooldown_s=cooldown_s)
+    return {r.backend: samples.times_ms[r.key] for r in runners}
 
 
 def batched(run: Engine, x: np.ndarray, batch: int = 8) -> np.ndarray:
@@ -111,7 +100,7 @@ def fidelity(engines: dict[str, Engine], inputs: np.ndarray, labels: np.ndarray 
             out[f"{graph}/{REFERENCE}"] = {"accuracy": round(float((ref.argmax(1) == labels).mean()), 4)}
         for precision in reduced_precisions():
             got = batched(engines[f"{graph}/openvino-{precision}"], inputs)
-            report = compare_logits(ref, got, precision)
+            report = compare(ref, got)
             row = {"top1_agreement": round(report.top1_agreement, 4), "max_rel_error": round(report.max_rel_error, 4),
                    "nonfinite": report.nonfinite}
             if labels is not None:

@@ -29,9 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+from swinv2_serve.checkpoint import load_or_create  # noqa: E402
 from swinv2_serve.config import get_config, resolve_config  # noqa: E402
 from swinv2_serve.errors import SwinV2ServeError  # noqa: E402
-from swinv2_serve.tensorrt_build import PRECISIONS, BatchProfile, batch_profile  # noqa: E402
+from swinv2_serve.onnx_export import export_onnx  # noqa: E402
+from swinv2_serve.preprocess import image_files  # noqa: E402
+from swinv2_serve.runtime.engine import BatchProfile, batch_profile  # noqa: E402
+from swinv2_serve.runtime.tensorrt_backend import require_tensorrt, tensorrt_unavailable_reason  # noqa: E402
+from swinv2_serve.tensorrt_build import TensorRTOptions, build_verified, check_engine_precision  # noqa: E402
 
 log = logging.getLogger("build_all")
 DEFAULT_RECIPE = REPO / "export" / "targets.toml"
@@ -104,8 +109,10 @@ def _target(raw: dict[str, Any], defaults: dict[str, Any], index: int) -> tuple[
         problems.append(f"{where}: repeated resolutions {resolutions}")
     precisions = merged.get("precisions", ["fp16"])
     for p in precisions:
-        if p not in PRECISIONS:
-            problems.append(f"{where}: precision {p!r} is not one of {', '.join(PRECISIONS)}")
+        try:
+            check_engine_precision(p)
+        except SwinV2ServeError as exc:
+            problems.append(f"{where}: {exc}")
     try:
         profile = batch_profile(int(merged.get("min_batch", 1)), merged.get("opt_batch"),
                                 int(merged.get("max_batch", 32)))
@@ -152,25 +159,16 @@ def load_recipe(path: str | os.PathLike = DEFAULT_RECIPE) -> Recipe:
     return recipe
 
 
-def _load_model(target: Target, resolution: int) -> Any:
-    from swinv2_serve import create_model, load_checkpoint
-
-    model = create_model(target.model, img_size=resolution, window_size=target.windows.get(resolution))
-    if target.checkpoint != "random":
-        path = Path(os.path.expandvars(target.checkpoint))
-        path = path if path.is_absolute() else REPO / path
-        if "$" in str(path) or not path.is_file():
-            raise SwinV2ServeError(f"{target.name}: checkpoint {path} not found (set SWINV2_CHECKPOINTS, see "
-                                   "export/README.md)")
-        load_checkpoint(model, path)
-    return model.eval()
-
-
-def _images(directory: Path | None) -> list[Path]:
-    if directory is None or not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
-                  and not p.name.startswith("bad_"))
+def _load_model(target: Target) -> Any:
+    """The target's model at its trained resolution; each export resizes it (``resolve_config``'s window rule)."""
+    if target.checkpoint == "random":
+        return load_or_create(target.model)
+    path = Path(os.path.expandvars(target.checkpoint))
+    path = path if path.is_absolute() else REPO / path
+    if "$" in str(path) or not path.is_file():
+        raise SwinV2ServeError(f"{target.name}: checkpoint {path} not found (set SWINV2_CHECKPOINTS, see "
+                               "export/README.md)")
+    return load_or_create(target.model, path)
 
 
 def build(recipe: Recipe, *, formats: set[str], root: Path, images: list[Path], dry_run: bool) -> list[dict]:
@@ -185,45 +183,46 @@ def build(recipe: Recipe, *, formats: set[str], root: Path, images: list[Path], 
                   + "".join(f", {t.plan_path(root, r, p).relative_to(root)}" for p in t.precisions if "trt" in formats))
         return manifest
     if "trt" in formats:
-        from swinv2_serve.tensorrt_build import require_tensorrt, tensorrt_unavailable_reason
-
         require_tensorrt()
         reason = tensorrt_unavailable_reason()
         if reason:
             raise SwinV2ServeError(reason)
-    from swinv2_serve.onnx_export import export_onnx
-
     bar = tqdm(jobs, desc="export", unit="resolution")
+    models: dict[str, Any] = {}
     for target, resolution in bar:
         bar.set_postfix_str(f"{target.name}@{resolution}")
-        model = _load_model(target, resolution)
+        if target.name not in models:
+            models[target.name] = _load_model(target)
+        model = models[target.name]
+        geometry = {"img_size": resolution, "window_size": target.windows.get(resolution)}
         onnx32 = target.onnx_path(root, resolution)
         start = time.monotonic()
-        result = export_onnx(model, onnx32, opset=target.opset)
+        result = export_onnx(model, onnx32, opset=target.opset, **geometry)
         manifest.append({"target": target.name, "resolution": resolution, "format": "onnx", "path": str(onnx32),
                          "max_abs_diff": result.max_abs_diff, "seconds": round(time.monotonic() - start, 1)})
         if "fp16" in target.precisions and "trt" in formats:
-            export_onnx(model, target.onnx_path(root, resolution, fp16=True), opset=target.opset, fp16=True)
+            export_onnx(model, target.onnx_path(root, resolution, fp16=True), opset=target.opset, fp16=True,
+                        **geometry)
         if "trt" not in formats:
             continue
-        from swinv2_serve.tensorrt_build import DEFAULT_TOLERANCE, TensorRTOptions, build_verified
-
         for precision in target.precisions:
-            opts = TensorRTOptions(
-                precision=precision, profile=target.profile, workspace_gib=target.workspace_gib,
-                timing_cache=(root / target.timing_cache) if target.timing_cache else None,
-                version_compatible=False, hardware_compatible=False, strongly_typed=None,
-                tolerance=DEFAULT_TOLERANCE[precision],
-            )
+            opts = TensorRTOptions(precision=precision, profile=target.profile, workspace_gib=target.workspace_gib,
+                                   timing_cache=(root / target.timing_cache) if target.timing_cache else None)
             source = target.onnx_path(root, resolution, fp16=precision == "fp16")
             plan = target.plan_path(root, resolution, precision)
             info = build_verified(source, plan, opts, images, reference_onnx=onnx32)
             manifest.append({"target": target.name, "resolution": resolution, "format": "trt", "path": str(plan),
                              "precision": precision, "gpu": info.gpu_name, "tensorrt": info.tensorrt_version,
-                             "max_abs_diff": info.verification["max_abs_diff"],
-                             "top1_agreement": info.verification["top1_agreement"],
+                             **_verification_figures(info.verification),
                              "seconds": info.build_seconds})
     return manifest
+
+
+def _verification_figures(verification: dict[str, Any] | None) -> dict[str, float]:
+    """max |diff| over photos and random inputs, and the decisive top-1 agreement (photos where given)."""
+    assert verification is not None
+    sets = [verification[k] for k in ("photos", "random") if k in verification]
+    return {"max_abs_diff": max(v["max_abs_diff"] for v in sets), "top1_agreement": sets[0]["top1_agreement"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise SwinV2ServeError(f"--only: no targets named {unknown} in {args.recipe}")
             recipe.targets = [t for t in recipe.targets if t.name in args.only]
-        manifest = build(recipe, formats=set(args.formats), root=args.root, images=_images(args.images),
-                         dry_run=args.dry_run)
+        images = image_files(args.images, recursive=False) if args.images.is_dir() else []  # bad ones skipped
+        manifest = build(recipe, formats=set(args.formats), root=args.root, images=images, dry_run=args.dry_run)
     except SwinV2ServeError as exc:
         print(f"build_all: error: {exc}", file=sys.stderr)
         return 2

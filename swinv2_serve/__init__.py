@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._version import __version__
 from .config import PRESETS, SwinV2Config, get_config, list_models, resolve_config
-
-__version__ = "0.1.0"
 
 _LAZY = {
     # lazy so that the client and Triton's preprocessing model (no torch in the serving image) import cheaply
@@ -23,6 +22,7 @@ _LAZY = {
     "export_onnx": ".onnx_export",
     "Preprocess": ".preprocess",
     "load": ".runtime",
+    "ExportMetadata": ".contract",
 }
 
 __all__ = [

@@ -6,7 +6,7 @@ Four layouts reach the model, each converted to ours (timm's native names) by on
   stage i, ``head.``, derived buffers saved alongside the weights);
 - ``timm``: identical to ours;
 - ``hf``: Hugging Face transformers ``Swinv2*`` (``swinv2.`` prefix, split q/k/v, ``classifier``);
-- ``swinv2_serve``: our own self-describing format (config, labels, preprocessing, weights).
+- ``swinv2_serve``: our own self-describing format (config, labels, the export metadata, weights).
 
 Everything is validated against ``model.state_dict()`` before a single tensor is copied, so a checkpoint
 that does not fit raises one :class:`CheckpointError` naming the keys and shapes and never leaves a
@@ -16,29 +16,30 @@ half-loaded model. Pickles are only ever read with ``weights_only=True``.
 from __future__ import annotations
 
 import json
-import pickle
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._version import __version__
+from .checkpoint_layouts import (
+    CONVERTERS,
+    FORMAT,
+    FORMAT_VERSION,
+    SAFETENSORS_META_KEY,
+    StateDict,
+    cap_list,
+    detect_layout,
+    is_own,
+    read_raw,
+    unwrap_state_dict,
+)
 from .config import PRESETS, SwinV2Config, resolve_config
-from .errors import CheckpointError
-from .model import SwinV2
-
-FORMAT = "swinv2_serve"
-FORMAT_VERSION = 1
-SAFETENSORS_META_KEY = "swinv2_serve"  # safetensors metadata key holding the JSON description
-# Tensors the model derives itself; MSRA (and old HF) checkpoints save them, we drop them.
-DERIVED_BUFFERS = ("relative_coords_table", "relative_position_index", "attn_mask")
-WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema")
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-_MAX_LISTED = 10
-
-StateDict = dict[str, torch.Tensor]
+from .errors import CheckpointError, ConfigError
+from .model import SwinV2, create_model
 
 
 @dataclass
@@ -61,213 +62,6 @@ class LoadReport:
         if self.new_head:
             parts.append("new classifier head")
         return ", ".join(parts)
-
-
-# -- reading files ---------------------------------------------------------------------------------
-def _read_pickle(path: Path, map_location: Any = "cpu") -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Weights only load failed" in text or "weights_only" in text:
-            found = re.search(r"Unsupported global: ([^\n]*?)(?: was not| \(|\n|$)", text)
-            needs = f" (it needs {found.group(1).strip()})" if found else ""
-            raise CheckpointError(
-                f"{path} holds more than tensors and plain containers{needs}; swinv2-serve only reads pickles "
-                "with torch.load(weights_only=True). If you trust the file, re-save just its weights: "
-                f"torch.save(torch.load({str(path)!r}, weights_only=False)['model'], 'weights.pth') "
-                "(or convert it to .safetensors)"
-            ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({text.splitlines()[0]})") from None
-    except Exception as exc:  # arbitrary bytes make the unpickler fail in arbitrary ways
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({first}); expected a torch.save file "
-            f"({'/'.join(PICKLE_SUFFIXES)}) or a .safetensors file"
-        ) from None
-
-
-def _read_safetensors(path: Path, device: str = "cpu") -> tuple[StateDict, dict[str, str]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-        return load_file(str(path), device=device), metadata
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
-
-
-def _resolve_path(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():  # a Hugging Face / timm hub snapshot folder
-        for name in ("model.safetensors", "pytorch_model.bin", "checkpoint.pt", "model.pth"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path} is a folder without model.safetensors / pytorch_model.bin / checkpoint.pt")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    return path
-
-
-def _read(path: str | Path, map_location: Any = "cpu") -> tuple[Any, Path]:
-    """The raw object in a checkpoint file; safetensors come back as a dict with their description."""
-    path = _resolve_path(path)
-    if path.suffix == ".safetensors":
-        tensors, metadata = _read_safetensors(path, "cpu" if map_location is None else str(map_location))
-        if SAFETENSORS_META_KEY in metadata:
-            try:
-                description = json.loads(metadata[SAFETENSORS_META_KEY])
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{path}: unreadable {SAFETENSORS_META_KEY} metadata ({exc})") from None
-            return {**description, "state_dict": tensors}, path
-        return tensors, path
-    return _read_pickle(path, map_location), path
-
-
-# -- unwrapping and layout detection ---------------------------------------------------------------
-def _is_own(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and obj.get("format") == FORMAT
-
-
-def _unwrap(obj: Any, use_ema: bool = False) -> StateDict:
-    """The state dict inside a training checkpoint (``model``/``state_dict``/EMA wrappers, ``module.``)."""
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
-    order = ("model_ema", "state_dict_ema", *WRAPPER_KEYS) if use_ema else WRAPPER_KEYS
-    for _ in range(3):  # nested wrappers, e.g. {'model': {'state_dict': ...}}
-        if any(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in order if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(
-            f"no tensors found in the checkpoint (top-level keys: {_cap(sorted(map(str, obj)))}); expected a "
-            f"state dict, possibly wrapped in one of {', '.join(WRAPPER_KEYS)}"
-        )
-    for prefix in ("module.", "_orig_mod."):  # DataParallel/DDP, torch.compile
-        if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-    return tensors
-
-
-def detect_layout(state_dict: Mapping[str, Any]) -> str:
-    """``hf``, ``msra`` or ``timm`` from the key names of an unwrapped state dict.
-
-    Only MSRA (and timm < 0.9, which used its layout) has a downsample in stage 0 or a bare ``head.``;
-    derived buffers say nothing about the layout, so they are not used to tell.
-    """
-    keys = list(state_dict)
-    if any(k.startswith(("swinv2.", "embeddings.patch_embeddings", "encoder.layers.")) for k in keys):
-        return "hf"
-    if any(k.startswith(("layers.0.downsample.", "head.weight", "head.bias")) for k in keys):
-        return "msra"
-    return "timm"
-
-
-# -- one conversion per layout (all return: state dict in our names, our key -> source key, dropped) ------
-Converted = tuple[StateDict, dict[str, str], list[str]]
-
-
-def _from_timm(sd: StateDict) -> Converted:
-    dropped = [k for k in sd if k.endswith(DERIVED_BUFFERS)]
-    return {k: v for k, v in sd.items() if k not in dropped}, {}, dropped
-
-
-def _from_msra(sd: StateDict) -> Converted:
-    out: StateDict = {}
-    origin: dict[str, str] = {}
-    dropped: list[str] = []
-    for key, value in sd.items():
-        if key.endswith(DERIVED_BUFFERS):
-            dropped.append(key)
-            continue
-        new = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", key)
-        new = re.sub(r"^head\.", "head.fc.", new)
-        out[new] = value
-        if new != key:
-            origin[new] = key
-    return out, origin, dropped
-
-
-_HF_RENAMES: tuple[tuple[str, str], ...] = (  # applied in order, to the key without the ``swinv2.`` prefix
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^embeddings\.norm\.", "patch_embed.norm."),
-    (r"^encoder\.layers\.(\d+)\.downsample\.", "DOWNSAMPLE"),
-    (r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.", r"layers.\1.blocks.\2."),
-    (r"\.attention\.self\.continuous_position_bias_mlp\.", ".attn.cpb_mlp."),
-    (r"\.attention\.self\.logit_scale$", ".attn.logit_scale"),
-    (r"\.attention\.output\.dense\.", ".attn.proj."),
-    (r"\.layernorm_before\.", ".norm1."),  # HF applies it to the attention branch (post-norm)
-    (r"\.layernorm_after\.", ".norm2."),
-    (r"\.intermediate\.dense\.", ".mlp.fc1."),
-    (r"\.output\.dense\.", ".mlp.fc2."),
-    (r"^layernorm\.", "norm."),
-    (r"^classifier\.", "head.fc."),
-)
-_HF_QKV = re.compile(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
-
-
-def _from_hf(sd: StateDict) -> Converted:
-    """Split q/k/v -> fused ``qkv.weight`` + ``q_bias``/``v_bias``; downsample moves to the next stage."""
-    out: StateDict = {}
-    origin: dict[str, str] = {}
-    dropped: list[str] = []
-    qkv: dict[str, dict[str, torch.Tensor]] = {}
-    for full_key, value in sd.items():
-        key = full_key.removeprefix("swinv2.")
-        if key.endswith(DERIVED_BUFFERS):
-            dropped.append(full_key)
-            continue
-        found = _HF_QKV.match(key)
-        if found and not (found.group(3) == "key" and found.group(4) == "bias"):
-            block = f"layers.{found.group(1)}.blocks.{found.group(2)}.attn."
-            qkv.setdefault(block, {})[f"{found.group(3)}.{found.group(4)}"] = value
-            continue
-        new = key
-        for pattern, repl in _HF_RENAMES:
-            if repl == "DOWNSAMPLE":
-                new = re.sub(pattern, lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", new)
-            else:
-                new = re.sub(pattern, repl, new)
-        if new == key:  # not an HF name we know (mask_token, decoder, key bias ...): keep it, validation reports it
-            new = full_key
-        out[new] = value
-        if new != full_key:
-            origin[new] = full_key
-    for block, parts in qkv.items():
-        hf_block = "swinv2.encoder." + block.removesuffix("attn.") + "attention.self."
-        weights = [parts.get(f"{n}.weight") for n in ("query", "key", "value")]
-        if all(w is not None for w in weights):
-            out[block + "qkv.weight"] = torch.cat(weights)  # type: ignore[arg-type]
-            origin[block + "qkv.weight"] = hf_block + "{query,key,value}.weight"
-        else:  # incomplete: leave the parts under their HF names so validation names them
-            for n, w in zip(("query", "key", "value"), weights):
-                if w is not None:
-                    out[f"{hf_block}{n}.weight"] = w
-        for name, ours in (("query.bias", "q_bias"), ("value.bias", "v_bias")):
-            if name in parts:
-                out[block + ours] = parts[name]
-                origin[block + ours] = hf_block + name
-    return out, origin, dropped
-
-
-_CONVERTERS: dict[str, Callable[[StateDict], Converted]] = {
-    "timm": _from_timm,
-    FORMAT: _from_timm,
-    "msra": _from_msra,
-    "hf": _from_hf,
-}
-
-
-# -- validation ------------------------------------------------------------------------------------
-def _cap(items: list[str], limit: int = _MAX_LISTED) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def _grouped(keys: list[str]) -> list[str]:
@@ -355,16 +149,16 @@ def _check(
 
     lines = [f"checkpoint ({layout} layout) does not fit {model.cfg.name}:"]
     if missing:
-        lines.append(f"  missing ({len(missing)}): {_cap(_grouped(missing))}")
+        lines.append(f"  missing ({len(missing)}): {cap_list(_grouped(missing))}")
     if unexpected:
-        lines.append(f"  unexpected ({len(unexpected)}): {_cap(_grouped([origin.get(k, k) for k in unexpected]))}")
+        lines.append(f"  unexpected ({len(unexpected)}): {cap_list(_grouped([origin.get(k, k) for k in unexpected]))}")
     if misshaped:
         shapes = [
             f"{k} checkpoint {list(sd[k].shape)} vs model {list(expected[k])}"
             + (f" (from {origin[k]})" if k in origin else "")
             for k in misshaped
         ]
-        lines.append(f"  mis-shaped ({len(misshaped)}): {_cap(shapes)}")
+        lines.append(f"  mis-shaped ({len(misshaped)}): {cap_list(shapes)}")
     hint = _variant_hint(sd, model.cfg)
     body_ok = not any(not k.startswith("head.") for k in missing + unexpected + misshaped)
     if not hint and body_ok and head_problem and not new_head:
@@ -386,7 +180,7 @@ def _check(
     if not hint and missing and len(missing) == len(expected):
         hint = (
             "Hint: none of the model's keys were found; is this a SwinV2 checkpoint? "
-            f"(first keys: {_cap(list(sd), 5)})"
+            f"(first keys: {cap_list(list(sd), 5)})"
         )
     if hint:
         lines.append(hint)
@@ -409,8 +203,8 @@ def load_checkpoint(
     its initialised one) and extra keys (reported as ignored); the body must always be complete and
     correctly shaped. ``use_ema`` prefers ``model_ema``/``state_dict_ema`` in training checkpoints.
     """
-    raw = _read(source)[0] if isinstance(source, (str, Path)) else source
-    own = _is_own(raw)
+    raw = read_raw(source)[0] if isinstance(source, (str, Path)) else source
+    own = is_own(raw)
     if own:
         version = raw.get("format_version", 0)
         if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -418,9 +212,9 @@ def load_checkpoint(
                 f"checkpoint format_version {version} is newer than this swinv2-serve reads ({FORMAT_VERSION}); "
                 "upgrade swinv2-serve"
             )
-    sd = _unwrap(raw["state_dict"] if own else raw, use_ema=use_ema)
+    sd = unwrap_state_dict(raw["state_dict"] if own else raw, use_ema=use_ema)
     layout = FORMAT if own else detect_layout(sd)
-    converted, origin, dropped = _CONVERTERS[layout](sd)
+    converted, origin, dropped = CONVERTERS[layout](sd)
     missing_head, ignored, reset_head = _check(
         converted, origin, model, strict=strict, new_head=new_head, layout=layout
     )
@@ -469,8 +263,6 @@ def _plain(value: Any, where: str, *, tensors: bool) -> Any:
 
 def describe(model: SwinV2, *, labels: Any = None, train_args: Any = None, extra: Any = None) -> dict[str, Any]:
     """The self-description stored with our checkpoints (everything but the weights)."""
-    from . import __version__
-
     cfg = model.cfg
     labels = list(cfg.labels) if labels is None and cfg.labels is not None else labels
     if labels is not None:
@@ -484,7 +276,7 @@ def describe(model: SwinV2, *, labels: Any = None, train_args: Any = None, extra
         "package_version": __version__,
         "config": cfg.to_dict(),
         "labels": labels,
-        "preprocess": cfg.preprocessing(),
+        "metadata": cfg.metadata().to_dict(),
         "train_args": _plain(train_args or {}, "train_args", tensors=False),
         "extra": _plain(extra or {}, "extra", tensors=False),
     }
@@ -522,12 +314,12 @@ def save_checkpoint(
 
 def read_description(path: str | Path) -> dict[str, Any]:
     """The description of one of our checkpoints without building a model (config, labels, preprocess)."""
-    raw, resolved = _read(path)
-    if not _is_own(raw):
+    raw, resolved = read_raw(path)
+    if not is_own(raw):
         sidecar = resolved.with_suffix(".json")
         if resolved.suffix == ".safetensors" and sidecar.is_file():
             data = json.loads(sidecar.read_text())
-            if _is_own(data):
+            if is_own(data):
                 return data
         _not_own(resolved, raw)
     return {k: v for k, v in raw.items() if k != "state_dict"}
@@ -535,7 +327,7 @@ def read_description(path: str | Path) -> dict[str, Any]:
 
 def _not_own(path: Path, raw: Any) -> None:
     try:
-        layout = detect_layout(_unwrap(raw))
+        layout = detect_layout(unwrap_state_dict(raw))
         what = {"timm": "a timm", "msra": "an official MSRA", "hf": "a Hugging Face transformers"}[layout]
         what += " checkpoint"
     except CheckpointError:
@@ -554,14 +346,14 @@ def load_model(path: str | Path, *, map_location: Any = "cpu", **create_override
     resolution/window: the saved CPB normaliser is kept (log-spaced CPB transfer). A different
     ``num_classes`` starts a fresh head.
     """
-    raw, resolved = _read(path)
-    if not _is_own(raw):
+    raw, resolved = read_raw(path)
+    if not is_own(raw):
         sidecar = resolved.with_suffix(".json")
         if resolved.suffix == ".safetensors" and sidecar.is_file() and isinstance(raw, Mapping):
             data = json.loads(sidecar.read_text())
-            if _is_own(data):
+            if is_own(data):
                 raw = {**data, "state_dict": raw}
-    if not _is_own(raw):
+    if not is_own(raw):
         _not_own(resolved, raw)
     try:
         cfg = SwinV2Config.from_dict(raw["config"])
@@ -575,3 +367,28 @@ def load_model(path: str | Path, *, map_location: Any = "cpu", **create_override
     model = SwinV2(cfg)
     load_checkpoint(model, raw, new_head=cfg.num_classes != saved_classes)
     return model.to(map_location).eval()
+
+
+def load_or_create(model: str | None = None, checkpoint: str | Path | None = None, *,
+                   num_classes: int | None = None, perturb_seed: int | None = None) -> SwinV2:
+    """The model a command names, in eval mode: one of our checkpoints alone, a preset with weights in any of
+    the four layouts, or a preset with random weights.
+
+    ``perturb_seed`` moves random weights off their initialisation (as training does), so that comparisons
+    of logits between formats mean something; without it they stay as initialised.
+    """
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} not found")
+    if model is None:
+        if checkpoint is None:
+            raise ConfigError("give --model NAME and/or --checkpoint PATH")
+        return load_model(checkpoint)
+    net = create_model(model, num_classes=num_classes)
+    if checkpoint is not None:
+        load_checkpoint(net, checkpoint)
+    elif perturb_seed is not None:
+        gen = torch.Generator().manual_seed(perturb_seed)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    return net.eval()

@@ -1,8 +1,8 @@
 """`swinv2-serve` / `python -m swinv2_serve`: a thin layer over the stage modules.
 
 Each subcommand lives in ``swinv2_serve/commands/<name>.py`` with ``add_arguments(parser)`` and
-``run(args) -> int``; modules are imported only when their command runs, so ``--help`` is fast and a
-missing optional extra only affects the command that needs it.
+``run(args) -> int``; a command's module (and the libraries it needs) is imported only when that command
+is named, so ``swinv2-serve --help`` is fast and a missing optional extra only affects its own command.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "bench": "latency / throughput across resolutions, batches and backends",
     "train": "fine-tune or SimMIM-pretrain a SwinV2",
     "demo": "train, export, serve, classify and benchmark end to end on this machine",
+    "kube": "Kubernetes / KServe manifests (Kustomize base + gpu/cpu overlays) for a model repository",
 }
 
 
@@ -31,15 +32,14 @@ def _command_module(name: str):  # noqa: ANN202
     return importlib.import_module(f"swinv2_serve.commands.{name}")
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None, *, every_command: bool = False) -> argparse.ArgumentParser:
+    """The parser; only the command named in ``argv`` gets its arguments (all of them with ``every_command``)."""
     parser = argparse.ArgumentParser(prog="swinv2-serve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    wanted = None
-    if argv:  # only import the module of the command being run
-        wanted = next((a for a in argv if not a.startswith("-")), None)
+    wanted = next((a for a in argv or () if not a.startswith("-")), None)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        if wanted is None or wanted == name:
+        if every_command or wanted == name:
             _command_module(name).add_arguments(p)
     return parser
 

@@ -10,7 +10,6 @@ concurrently (tritonclient's async API); every failure becomes a ``ServerError``
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -21,12 +20,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .contract import ENSEMBLE_SUFFIX, IMAGE_INPUT, INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ExportMetadata
 from .errors import ServerError, SwinV2ServeError
 from .labels import labels_for
 from .preprocess import ImageLike, Preprocess, load_image
-from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 
-IMAGE_SUFFIX = "_image"
 PROTOCOLS = ("http", "grpc")
 _ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
 
@@ -70,8 +68,8 @@ class Classifier:
         self.timeout = float(timeout)
         self.concurrency = max(1, int(concurrency))
         self.server_preprocess = server_preprocess
-        self.model = model[: -len(IMAGE_SUFFIX)] if model.endswith(IMAGE_SUFFIX) else model
-        self.target = f"{self.model}{IMAGE_SUFFIX}" if server_preprocess else self.model
+        self.model = model[: -len(ENSEMBLE_SUFFIX)] if model.endswith(ENSEMBLE_SUFFIX) else model
+        self.target = f"{self.model}{ENSEMBLE_SUFFIX}" if server_preprocess else self.model
         self._lib, self._client = self._connect()
         config = self._model_config(self.target)
         self.max_batch = int(config.get("max_batch_size", 0)) or 1
@@ -133,7 +131,7 @@ class Classifier:
         except Exception as exc:
             raise ServerError(f"cannot read the config of model {model!r} at {self.url}: {explain(exc)}") from None
 
-    def _metadata(self, config: dict[str, Any]) -> dict[str, Any]:
+    def _metadata(self, config: dict[str, Any]) -> ExportMetadata:
         parameter = config.get("parameters", {}).get(METADATA_KEY)
         if not parameter:
             raise ServerError(
@@ -141,7 +139,7 @@ class Classifier:
                 "or write its repository with `swinv2-serve repository`"
             )
         raw = parameter.get("string_value") or parameter.get("stringValue")
-        return json.loads(raw)
+        return ExportMetadata.from_json(raw, f"model {self.target!r} on {self.url}")
 
     def close(self) -> None:
         client, self._client = getattr(self, "_client", None), None
@@ -157,7 +155,7 @@ class Classifier:
     # ------------------------------------------------------------------ inference
     def _inputs(self, batch: np.ndarray) -> list[Any]:
         if self.server_preprocess:
-            tensor = self._lib.InferInput("image", list(batch.shape), "BYTES")
+            tensor = self._lib.InferInput(IMAGE_INPUT, list(batch.shape), "BYTES")
         else:
             tensor = self._lib.InferInput(INPUT_NAME, list(batch.shape), "FP32")
         if self.protocol == "http":

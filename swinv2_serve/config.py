@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._version import __version__
+from .contract import ExportMetadata
 from .errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -164,15 +166,24 @@ class SwinV2Config:
             raise ConfigError(f"unknown SwinV2Config fields: {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
-    def preprocessing(self) -> dict[str, Any]:
-        """What the single preprocessing path needs (also written into exported metadata)."""
-        return {
-            "img_size": list(self.img_size),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-            "crop_pct": self.crop_pct,
-        }
+    def metadata(self, *, fp16: bool = False, opset: int | None = None) -> ExportMetadata:
+        """What a model built from this config says about itself (written into every export and checkpoint)."""
+        return ExportMetadata(
+            model=self.name,
+            img_size=self.img_size,
+            window_sizes=tuple(h for h, _ in self.stage_windows),
+            pretrained_window_sizes=tuple(h for h, _ in self.cpb_normalisers),
+            num_classes=self.num_classes,
+            labels=self.labels,
+            mean=self.mean,
+            std=self.std,
+            interpolation=self.interpolation,
+            crop_pct=self.crop_pct,
+            fp16=fp16,
+            opset=opset,
+            config=self.to_dict(),
+            swinv2_serve_version=__version__,
+        )
 
 
 def _preset(name: str, *, img: int, window: int, embed_dim: int, depths: tuple[int, ...], heads: tuple[int, ...],
@@ -242,11 +253,13 @@ def resolve_config(
     attn_chunk_windows: int | None = None,
     **overrides: Any,
 ) -> SwinV2Config:
-    """A named config with a new resolution/window: the log-CPB transfer.
+    """A named config with a new resolution/window: the log-CPB transfer. The window rule lives here, once.
 
-    Unless ``pretrained_window_sizes`` is given, the CPB normaliser stays the one the named config was
-    trained with (its pretrained windows, else its own windows after shrinking), so the meta-network
-    sees coordinates on the scale it learned whatever window the model now runs at.
+    A new ``img_size`` without ``window_size`` scales every stage's window with the resolution, keeping the
+    window-to-image ratio the config was trained with (``window_for``: 8 @ 256 -> 16 @ 512); an explicit
+    ``window_size`` is used as given. Unless ``pretrained_window_sizes`` is given, the CPB normaliser stays the
+    one the named config was trained with (its pretrained windows, else its own windows after shrinking), so
+    the meta-network sees coordinates on the scale it learned whatever window the model now runs at.
     """
     base = name if isinstance(name, SwinV2Config) else get_config(name)
     trained_norm = tuple(h for h, _ in base.cpb_normalisers)
@@ -254,8 +267,10 @@ def resolve_config(
     if img_size is not None:
         changes["img_size"] = _pair(img_size)
     if window_size is not None:
-        windows = _per_stage(window_size, base.num_stages, "window_size")
-        changes["window_size"] = windows
+        changes["window_size"] = _per_stage(window_size, base.num_stages, "window_size")
+    elif img_size is not None:
+        changes["window_size"] = tuple(window_for(base.img_size[0], w, changes["img_size"][0])
+                                       for w in base.window_size)
     changes["pretrained_window_sizes"] = (
         trained_norm if pretrained_window_sizes is None
         else _per_stage(pretrained_window_sizes, base.num_stages, "pretrained_window_sizes")

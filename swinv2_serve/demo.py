@@ -15,8 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .bench import BenchConfig, markdown_report, run_bench, write_report
+from .checkpoint import load_model
+from .client import Classifier
 from .errors import SwinV2ServeError
+from .onnx_export import export_onnx
 from .preprocess import image_files
+from .repository import write_repository
+from .server import ServerConfig, free_ports, running
+from .train.digits import run_digits_demo
 
 DEMO_NAME = "digits"
 
@@ -58,12 +65,6 @@ def run_demo(
     bench: bool = True,
 ) -> dict[str, Any]:
     """Run the whole chain; returns (and writes ``output/demo_summary.json``) what it measured."""
-    from .checkpoint import load_model
-    from .client import Classifier
-    from .onnx_export import export_onnx
-    from .repository import write_repository
-    from .server import ServerConfig, free_ports, running
-
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
@@ -72,8 +73,6 @@ def run_demo(
 
     with step(1, total, "train a SwinV2 on scikit-learn's digits" if checkpoint is None else f"use {checkpoint}"):
         if checkpoint is None:
-            from .train.digits import run_digits_demo
-
             metrics = run_digits_demo(output / "train")
             checkpoint = output / "train" / "checkpoint.pt"
             summary["train"] = {k: metrics.get(k) for k in ("val_top1", "total_s", "epochs") if k in metrics}
@@ -88,13 +87,9 @@ def run_demo(
     native = model.cfg.img_size[0]
     sizes = [native, native + native // 2]
     with step(2, total, f"export the deploy form to ONNX at {sizes[0]}px and {sizes[1]}px (verified in ONNX Runtime)"):
-        from .config import window_for
-
         exports = {}
-        for img in sizes:
-            window = window_for(native, model.cfg.window_size[0], img)
-            kwargs = {} if img == native else {"img_size": img, "window_size": window}
-            result = export_onnx(model, output / "onnx" / f"{DEMO_NAME}_{img}.onnx", **kwargs)
+        for img in sizes:  # the window scales with the image (resolve_config's rule)
+            result = export_onnx(model, output / "onnx" / f"{DEMO_NAME}_{img}.onnx", img_size=img)
             exports[img] = result
             print(f"      {result.path.name}: {result.nodes} nodes, {result.size_bytes / 2**20:.1f} MiB, "
                   f"windows {result.window_sizes}, max |ONNX - eager| {result.max_abs_diff:.1e}")
@@ -113,7 +108,7 @@ def run_demo(
     with step(4, total, f"serve {DEMO_NAME} with the embedded Triton server (HTTP :{config.http_port}, "
                         f"gRPC :{config.grpc_port}, metrics :{config.metrics_port}) and classify"), \
             running(repository=repository, name=DEMO_NAME, config=config) as server:
-        summary["classify"] = _classify(server, holdout_dir, Path(images) if images else None, per_class, Classifier)
+        summary["classify"] = _classify(server, holdout_dir, Path(images) if images else None, per_class)
     print("      server stopped")
 
     if bench:
@@ -127,13 +122,13 @@ def run_demo(
     return summary
 
 
-def _classify(server: Any, holdout_dir: Path, images: Path | None, per_class: int, classifier_cls: Any) -> dict:
+def _classify(server: Any, holdout_dir: Path, images: Path | None, per_class: int) -> dict:
     # The bad photos are expected to fail: the client prints their one-line errors, so PyTriton's server-side
     # tracebacks for them would only look like a crash here (a real server keeps logging them).
     logging.getLogger("pytriton").setLevel(logging.CRITICAL)
     # HTTP with client-side preprocessing; gRPC with server-side preprocessing (the NAME_image ensemble)
-    with classifier_cls(server.http_url, "http", DEMO_NAME) as http, \
-            classifier_cls(server.grpc_url, "grpc", DEMO_NAME, server_preprocess=True) as grpc:
+    with Classifier(server.http_url, "http", DEMO_NAME) as http, \
+            Classifier(server.grpc_url, "grpc", DEMO_NAME, server_preprocess=True) as grpc:
         return _classify_with(http, grpc, holdout_dir, images, per_class)
 
 
@@ -168,8 +163,6 @@ def _classify_with(http: Any, grpc: Any, holdout_dir: Path, images: Path | None,
 
 
 def _bench(checkpoint: Path, sizes: list[int], output: Path) -> dict:
-    from .bench import BenchConfig, markdown_report, run_bench, write_report
-
     config = BenchConfig(checkpoint=checkpoint, img_sizes=sizes, batches=[1, 8],
                          backends=["torch", "onnxruntime", "triton-grpc"], min_time=1.0, min_iters=10,
                          max_time=10.0, output=output, progress=True)

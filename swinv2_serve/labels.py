@@ -6,11 +6,11 @@ synsets in class-index order; they ship with the package and are never fetched.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
-from typing import Any
 
+from .contract import ExportMetadata
 from .errors import SwinV2ServeError
 
 IMAGENET1K_FILE = "imagenet1k_labels.txt"
@@ -25,16 +25,16 @@ def imagenet1k_labels() -> tuple[str, ...]:
     return names
 
 
-def labels_for(metadata_or_num_classes: Mapping[str, Any] | int, labels: Sequence[str] | None = None) -> list[str]:
+def labels_for(metadata_or_num_classes: ExportMetadata | int, labels: Sequence[str] | None = None) -> list[str]:
     """One name per class, in index order.
 
     The checkpoint's own labels win (``labels`` or ``metadata["labels"]``); without them a 1000-class model
     gets the ImageNet-1k names and any other model ``class_0 .. class_<C-1>``.
     """
-    if isinstance(metadata_or_num_classes, Mapping):
-        num_classes = int(metadata_or_num_classes["num_classes"])
+    if isinstance(metadata_or_num_classes, ExportMetadata):
+        num_classes = metadata_or_num_classes.num_classes
         if labels is None:
-            labels = metadata_or_num_classes.get("labels")
+            labels = metadata_or_num_classes.labels
     else:
         num_classes = int(metadata_or_num_classes)
     if num_classes < 1:

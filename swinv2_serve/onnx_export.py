@@ -8,11 +8,10 @@ Triton repository writer and the client need nothing else.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,34 +19,46 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import SwinV2Config
-from .deploy import DeploySwinV2, resize_model, to_deploy
+from .contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ExportMetadata
+from .deploy import DeployAttention, DeploySwinV2, resize_model, to_deploy
 from .errors import ExportError
 from .model import SwinV2
-from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
+from .precision import to_half_with_fp32_islands
+from .runtime.onnxruntime_backend import OnnxRuntime
+from .verification import Tolerance, Verdict, judge
 
-FP32_ATOL = 1e-4
-FP16_RTOL = 2e-2  # of the largest |logit|
+# ONNX Runtime vs eager: fp32 equals eager up to float reordering; fp16 may drift by a small fraction of the
+# logit range (plus a floor for near-zero logits) but must not produce NaN/Inf
+FP32_TOLERANCE = Tolerance(atol=1e-4)
+FP16_TOLERANCE = Tolerance(atol=2e-2, rtol=2e-2)
 
 
 @dataclass
 class ExportResult:
     path: Path
-    img_size: tuple[int, int]
-    window_sizes: list[int]
+    metadata: ExportMetadata
     nodes: int
     size_bytes: int
     seconds: float
-    fp16: bool
-    max_abs_diff: float | None = None
-    top1_agreement: float | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    verification: Verdict | None = None
+
+    @property
+    def window_sizes(self) -> tuple[int, ...]:
+        return self.metadata.window_sizes
+
+    @property
+    def max_abs_diff(self) -> float | None:
+        return None if self.verification is None else self.verification.comparison.max_abs_diff
+
+    @property
+    def top1_agreement(self) -> float | None:
+        return None if self.verification is None else self.verification.comparison.top1_agreement
 
     def summary(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["path"] = str(self.path)
-        out.pop("metadata")
-        return out
+        return {"path": str(self.path), "img_size": list(self.metadata.img_size),
+                "window_sizes": list(self.window_sizes), "fp16": self.metadata.fp16, "nodes": self.nodes,
+                "size_bytes": self.size_bytes, "seconds": round(self.seconds, 2), "max_abs_diff": self.max_abs_diff,
+                "top1_agreement": self.top1_agreement}
 
 
 class _WithProbs(nn.Module):
@@ -64,30 +75,8 @@ class _WithProbs(nn.Module):
 
 def has_compact_tables(deploy: nn.Module) -> bool:
     """Whether any block keeps its bias table or shift mask compact (expanded at run time)."""
-    from .deploy import DeployAttention
-
     attention = (m for m in deploy.modules() if isinstance(m, DeployAttention))
     return any(m.mode == "compact" or m.mask_mode == "labels" for m in attention)
-
-
-def export_metadata(cfg: SwinV2Config, *, fp16: bool = False, opset: int = 17) -> dict[str, Any]:
-    from . import __version__
-
-    return {
-        "model": cfg.name,
-        "img_size": list(cfg.img_size),
-        "window_sizes": [h for h, _ in cfg.stage_windows],
-        "pretrained_window_sizes": [h for h, _ in cfg.cpb_normalisers],
-        "num_classes": cfg.num_classes,
-        "labels": list(cfg.labels) if cfg.labels else None,
-        **{k: v for k, v in cfg.preprocessing().items() if k != "img_size"},
-        "fp16": fp16,
-        "opset": opset,
-        "input": INPUT_NAME,
-        "outputs": list(OUTPUT_NAMES),
-        "config": cfg.to_dict(),
-        "swinv2_serve_version": __version__,
-    }
 
 
 def export_onnx(
@@ -99,14 +88,16 @@ def export_onnx(
     opset: int = 17,
     fp16: bool = False,
     verify: bool = True,
-    atol: float | None = None,
+    tolerance: Tolerance | None = None,
 ) -> ExportResult:
     """Export the deploy form of ``model`` at ``img_size`` (default: the model's own) to ``path``.
 
+    A new ``img_size`` without ``window_size`` scales the window with the resolution (``resolve_config``).
+
     ``fp16=True`` writes an FP16 graph for GPUs in which the q/k L2-normalisation, LayerNorm and softmax
     run in FP32 (explicit Casts); inputs and outputs stay FP32. ``verify`` runs ONNX Runtime on batches
-    of 1 and 3 and raises ``ExportError`` if logits differ from eager by more than ``atol`` (FP32) or if
-    top-1 disagrees / NaNs appear (FP16).
+    of 1 and 3 and raises ``ExportError`` if its logits leave ``tolerance`` (default ``FP32_TOLERANCE`` or
+    ``FP16_TOLERANCE``) around eager's.
     """
     if opset < 17:
         raise ExportError(f"opset {opset} is too old: >= 17 keeps LayerNormalization one node")
@@ -124,12 +115,7 @@ def export_onnx(
             model = resize_model(model, img_size=img_size, window_size=window_size)  # the truth at the new size
         deploy, reference = to_deploy(model), model
     cfg = deploy.cfg
-    if fp16:
-        from .precision import to_half_with_fp32_islands
-
-        deploy_for_export = to_half_with_fp32_islands(deploy)
-    else:
-        deploy_for_export = deploy
+    deploy_for_export = to_half_with_fp32_islands(deploy) if fp16 else deploy
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, *cfg.img_size)
@@ -147,24 +133,16 @@ def export_onnx(
             # folding would expand compact bias tables / mask labels back into dense constants in the file
             do_constant_folding=not has_compact_tables(deploy),
         )
-    metadata = export_metadata(cfg, fp16=fp16, opset=opset)
+    metadata = cfg.metadata(fp16=fp16, opset=opset)
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    entry.key, entry.value = METADATA_KEY, metadata.to_json()
     proto.producer_name = "swinv2-serve"
     onnx.save(proto, str(path))
-    result = ExportResult(
-        path=path,
-        img_size=cfg.img_size,
-        window_sizes=metadata["window_sizes"],
-        nodes=len(proto.graph.node),
-        size_bytes=path.stat().st_size,
-        seconds=0.0,
-        fp16=fp16,
-        metadata=metadata,
-    )
+    result = ExportResult(path=path, metadata=metadata, nodes=len(proto.graph.node), size_bytes=path.stat().st_size,
+                          seconds=0.0)
     if verify:
-        result.max_abs_diff, result.top1_agreement = verify_onnx(path, reference, fp16=fp16, atol=atol)
+        result.verification = verify_onnx(path, reference, tolerance or (FP16_TOLERANCE if fp16 else FP32_TOLERANCE))
     result.seconds = time.perf_counter() - start
     return result
 
@@ -172,31 +150,19 @@ def export_onnx(
 def verify_onnx(
     path: str | os.PathLike,
     reference: nn.Module,
+    tolerance: Tolerance = FP32_TOLERANCE,
     *,
-    fp16: bool = False,
-    atol: float | None = None,
     batches: tuple[int, ...] = (1, 3),
     seed: int = 0,
-) -> tuple[float, float]:
-    """Run the ONNX in ONNX Runtime (CPU) and compare with ``reference`` eager; raise over tolerance."""
-    from .runtime import OnnxRuntime
-
+) -> Verdict:
+    """Run the ONNX in ONNX Runtime (CPU) and compare with ``reference`` eager; ``ExportError`` outside tolerance."""
     runtime = OnnxRuntime(path)
     gen = torch.Generator().manual_seed(seed)
-    worst, agree, total, scale = 0.0, 0, 0, 0.0
-    for batch in batches:
-        x = torch.randn(batch, 3, *runtime.input_shape[1:], generator=gen)
-        with torch.no_grad():
-            expected = reference.eval()(x).float().numpy()
-        got = runtime(x.numpy())["logits"]
-        if not np.isfinite(got).all():
-            raise ExportError(f"{path}: ONNX Runtime produced NaN/Inf logits")
-        worst = max(worst, float(np.abs(got - expected).max()))
-        scale = max(scale, float(np.abs(expected).max()))
-        agree += int((got.argmax(1) == expected.argmax(1)).sum())
-        total += batch
-    # FP32 must match eager; FP16 may drift by a small fraction of the logit range, never flip argmaxes wholesale
-    tolerance = atol if atol is not None else (FP16_RTOL * max(scale, 1.0) if fp16 else FP32_ATOL)
-    if worst > tolerance:
-        raise ExportError(f"{path}: ONNX Runtime logits differ from eager by {worst:.3g} > {tolerance:.3g}")
-    return worst, agree / total
+    inputs = [torch.randn(batch, 3, *runtime.input_shape[1:], generator=gen) for batch in batches]
+    with torch.no_grad():
+        expected = np.concatenate([reference.eval()(x).float().numpy() for x in inputs])
+    got = np.concatenate([runtime(x.numpy())["logits"] for x in inputs])
+    verdict = judge("ONNX Runtime vs eager", expected, got, tolerance)
+    if not verdict.passed:
+        raise ExportError(f"{path}: {verdict.summary()}")
+    return verdict

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,24 +40,26 @@ from typing import Any
 import numpy as np
 
 from .errors import BackendUnavailableError, DatasetError, SwinV2ServeError
-from .openvino_backend import (
+from .machine import cpu_has_vnni
+from .preprocess import Preprocess, image_files
+from .runtime.openvino_backend import (
     DEVICE,
-    FIDELITY_THRESHOLD,
-    FidelityReport,
-    check_fidelity,
+    FIDELITY_REMEDY,
+    INT8_KEY,
     compile_properties,
     cpu_capabilities,
-    cpu_has_vnni,
-    enforce_fidelity,
+    dynamic_batch,
+    float_precision_for_int8,
+    is_quantized,
     read_model_metadata,
     require_openvino,
+    write_model_metadata,
 )
-from .preprocess import Preprocess, image_files
-from .runtime import METADATA_KEY
+from .timing import Runner, measure
+from .verification import FIDELITY_THRESHOLD, Verdict, enforce, fidelity_tolerance, judge, run_batched
 
 log = logging.getLogger(__name__)
 
-INT8_KEY = "swinv2_serve_int8"
 DEFAULT_CALIBRATION = 300  # NNCF's own default subset size
 DEFAULT_CHECK = 100
 MIN_CALIBRATION = 8
@@ -99,7 +101,7 @@ class LatencyCheck:
 @dataclass(frozen=True)
 class Int8Result:
     xml: Path
-    report: FidelityReport
+    report: Verdict
     calibration_images: int
     seconds: float
     speed: LatencyCheck
@@ -107,9 +109,7 @@ class Int8Result:
 
 def check_latency(reference: Callable[[np.ndarray], Any], candidate: Callable[[np.ndarray], Any], x: np.ndarray,
                   rounds: int = 7) -> LatencyCheck:
-    """Median ms of ``rounds`` calls each, interleaved (``bench.measure``) so machine noise hits both alike."""
-    from .bench import Runner, measure
-
+    """Median ms of ``rounds`` calls each, interleaved (``timing.measure``) so machine noise hits both alike."""
     runners = [Runner("openvino", "ours", "fp32", reference), Runner("openvino", "ours", "int8", candidate)]
     times = measure(runners, x, warmup=1, iters=rounds, min_iters=rounds, min_time=0.0, max_time=0.0).times_ms
     return LatencyCheck(fp32_ms=float(np.median(times[runners[0].key])),
@@ -162,22 +162,6 @@ def activation_matmuls(model: Any) -> list[str]:
             and not any(_reads_constant(op.input_value(i)) for i in range(2))]
 
 
-def is_quantized(model: Any) -> bool:
-    return any(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
-
-
-def int8_record(model: Any) -> dict[str, Any] | None:
-    """The fidelity record ``quantize_int8`` wrote into an IR, or None (quantized elsewhere)."""
-    if model.has_rt_info([INT8_KEY]):
-        return json.loads(model.get_rt_info([INT8_KEY]).astype(str))
-    return None
-
-
-def float_precision_for_int8(capabilities: Sequence[str]) -> str:
-    """Precision of the ops left in float: bf16 where the CPU has it (as OpenVINO's own default), else fp32."""
-    return "bf16" if "BF16" in capabilities else "fp32"
-
-
 def resolve_overflow_fix(choice: str, has_vnni: bool) -> str:
     """``auto`` -> ``first-layer`` on a VNNI CPU, else ``enable``; the other choices as given."""
     if choice not in OVERFLOW_FIX:
@@ -185,21 +169,6 @@ def resolve_overflow_fix(choice: str, has_vnni: bool) -> str:
     if choice == "auto":
         return "first-layer" if has_vnni else "enable"
     return choice
-
-
-def overflow_mismatch(record: dict[str, Any], has_vnni: bool) -> str | None:
-    """Why an int8 IR's recorded fidelity does not hold on this CPU, or None.
-
-    An IR quantized without the overflow fix on every layer was checked where int8 products do not
-    saturate (VNNI); on a CPU without VNNI its outputs are not the ones that were checked. Records
-    from before the choice was recorded used NNCF's default, ``first-layer``.
-    """
-    fix = record.get("overflow_fix", "first-layer")
-    if fix == "enable" or has_vnni:
-        return None
-    return ("quantized with NNCF's overflow fix on the first layer only (for CPUs with VNNI), but this CPU has "
-            "no VNNI, where its int8 products saturate and the recorded fidelity does not hold: quantize it "
-            "again on this CPU or with --overflow-fix enable")
 
 
 def quantize_model(model: Any, calibration: np.ndarray, overflow_fix: str = "auto") -> Any:
@@ -260,19 +229,20 @@ def quantize_int8(
         log.warning("calibration: skipped %s", line)
     log.info("int8: calibrating on %d images, %d held out for the fidelity check", len(data.calibration),
              len(data.check))
-    model.reshape({model.input(0): ov.PartialShape([-1, *model.input(0).get_partial_shape()[1:]])})
-    quantized = quantize_model(model, data.calibration, overflow_fix)
+    quantized = quantize_model(dynamic_batch(model), data.calibration, overflow_fix)
     float_precision = float_precision_for_int8(cpu_capabilities(core))
     reference = core.compile_model(model, DEVICE, compile_properties("fp32", "latency", threads, None))
     candidate = core.compile_model(quantized, DEVICE, compile_properties(float_precision, "latency", threads, None))
-    report = check_fidelity(lambda x: reference(x)["logits"], lambda x: candidate(x)["logits"], data.check,
-                            precision="int8", threshold=threshold)
-    enforce_fidelity(report, fidelity, f"{output.name} (int8, checked on {len(data.check)} held-out images)")
+    start = time.perf_counter()
+    ref = run_batched(lambda x: reference(x)["logits"], data.check, 8)
+    got = run_batched(lambda x: candidate(x)["logits"], data.check, 8)
+    report = judge("int8", ref, got, fidelity_tolerance(threshold), time.perf_counter() - start)
+    enforce(report, fidelity, f"{output.name} (int8, checked on {len(data.check)} held-out images)", FIDELITY_REMEDY)
     speed = check_latency(reference, candidate, data.check[:1])
     if speed.ratio >= 1.0:
         log.warning("int8 is not faster than fp32 on this CPU (%s%s): serve the fp32 model here, or the "
                     "int8 IR on CPUs with VNNI/AMX", speed.summary(), "" if has_vnni else "; it has no VNNI")
-    quantized.set_rt_info(json.dumps(metadata), [METADATA_KEY])
+    write_model_metadata(quantized, metadata)
     quantized.set_rt_info(json.dumps({
         "fidelity": report.to_dict(), "check_set": "held-out calibration images",
         "calibration_images": len(data.calibration), "smooth_quant": False, "attention_products": "float",
@@ -289,5 +259,4 @@ def quantize_int8(
 
 
 __all__ = ["OVERFLOW_FIX", "CalibrationSet", "Int8Result", "LatencyCheck", "activation_matmuls", "check_latency",
-           "float_precision_for_int8", "int8_record", "is_quantized", "load_calibration_set", "overflow_mismatch",
-           "quantize_int8", "quantize_model", "resolve_overflow_fix"]
+           "load_calibration_set", "quantize_int8", "quantize_model", "resolve_overflow_fix"]

@@ -13,14 +13,15 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from .config import SwinV2Config
+from .contract import ExportMetadata
 from .errors import ImageDecodeError
 
 ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
@@ -127,8 +128,8 @@ class Preprocess:
     img_size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.9
+    interpolation: str
+    crop_pct: float
 
     def __post_init__(self) -> None:
         if self.interpolation not in RESAMPLE:
@@ -137,21 +138,15 @@ class Preprocess:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
 
     @classmethod
-    def from_metadata(cls, meta: Mapping[str, Any]) -> Preprocess:
-        """From a config's ``preprocessing()`` dict or an exported model's ``swinv2_serve`` metadata."""
-        size = meta["img_size"]
-        size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        return cls(
-            img_size=size,
-            mean=tuple(float(m) for m in meta["mean"]),
-            std=tuple(float(s) for s in meta["std"]),
-            interpolation=str(meta.get("interpolation", "bicubic")),
-            crop_pct=float(meta.get("crop_pct", 0.9)),
-        )
+    def from_metadata(cls, meta: ExportMetadata) -> Preprocess:
+        """The transform an exported model (or one of our checkpoints) describes in its metadata."""
+        return cls(img_size=meta.img_size, mean=meta.mean, std=meta.std, interpolation=meta.interpolation,
+                   crop_pct=meta.crop_pct)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Preprocess:
-        return cls.from_metadata(cfg.preprocessing())
+    def from_config(cls, cfg: SwinV2Config) -> Preprocess:
+        """The transform of a ``SwinV2Config`` (the same numbers its exports carry)."""
+        return cls.from_metadata(cfg.metadata())
 
     @property
     def resize_size(self) -> tuple[int, int]:

@@ -16,27 +16,34 @@ Configs are built as Triton's own ``ModelConfig`` protobuf messages, so every fi
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
-
-from .errors import SwinV2ServeError
+from .contract import (
+    IMAGE_INPUT,
+    INPUT_NAME,
+    LABELS_FILE,
+    METADATA_KEY,
+    OUTPUT_NAMES,
+    ExportMetadata,
+    model_names,
+    read_onnx_metadata,
+)
+from .errors import BackendUnavailableError, SwinV2ServeError
 from .labels import labels_for, labels_text
-from .openvino_backend import FIDELITY_THRESHOLD
-from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, read_onnx_metadata
+from .openvino_int8 import quantize_int8
+from .runtime.engine import read_sidecar, sidecar_path
+from .runtime.openvino_backend import OpenVINORuntime, convert_to_ir
+from .verification import FIDELITY_THRESHOLD
 
-IMAGE_INPUT = "image"
-LABELS_FILE = "labels.txt"
-PREPROCESS_SUFFIX = "_preprocess"
-ENSEMBLE_SUFFIX = "_image"
+if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2 as mc
+
 PREPROCESS_TEMPLATE = "triton_preprocess_model.py"  # in swinv2_serve/data, copied to NAME_preprocess/1/model.py
 
 
@@ -84,20 +91,19 @@ class Repository:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def model_names(name: str) -> tuple[str, str, str]:
-    """(tensor model, preprocessing model, ensemble) names for NAME."""
-    return name, f"{name}{PREPROCESS_SUFFIX}", f"{name}{ENSEMBLE_SUFFIX}"
+def metadata_parameter(metadata: ExportMetadata, labels: Sequence[str]) -> str:
+    """The ``swinv2_serve`` config parameter: the export metadata with the served labels filled in."""
+    return metadata.with_labels(labels).to_json()
 
 
-def input_dims(metadata: Mapping[str, Any]) -> list[int]:
-    size = metadata["img_size"]
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    return [3, h, w]
-
-
-def metadata_parameter(metadata: Mapping[str, Any], labels: Sequence[str]) -> str:
-    """The ``swinv2_serve`` config parameter: the ONNX metadata with the served labels filled in."""
-    return json.dumps({**metadata, "labels": list(labels)}, separators=(",", ":"))
+def _schema() -> Any:
+    """Triton's own ``ModelConfig`` protobuf module (shipped with tritonclient: the [serve]/[client] extra)."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as exc:
+        raise BackendUnavailableError("writing Triton configs needs tritonclient: pip install "
+                                      "'swinv2-serve[client]'") from exc
+    return model_config_pb2
 
 
 def set_parameter(config: mc.ModelConfig, key: str, value: str) -> None:
@@ -105,6 +111,7 @@ def set_parameter(config: mc.ModelConfig, key: str, value: str) -> None:
 
 
 def _fp32(name: str, dims: Sequence[int], label_filename: str | None = None) -> mc.ModelOutput:
+    mc = _schema()
     out = mc.ModelOutput(name=name, data_type=mc.TYPE_FP32, dims=list(dims))
     if label_filename:
         out.label_filename = label_filename
@@ -129,13 +136,17 @@ def set_dynamic_batching(config: mc.ModelConfig, batching: BatchingOptions) -> N
 
 
 def to_text(config: mc.ModelConfig) -> str:
+    from google.protobuf import text_format  # protobuf comes with tritonclient
+
     return text_format.MessageToString(config)
 
 
 def parse_config(text: str) -> mc.ModelConfig:
     """Parse config.pbtxt text under Triton's schema; a clear error on anything it rejects."""
+    from google.protobuf import text_format
+
     try:
-        return text_format.Parse(text, mc.ModelConfig())
+        return text_format.Parse(text, _schema().ModelConfig())
     except text_format.ParseError as exc:
         raise SwinV2ServeError(f"invalid Triton model config: {exc}") from None
 
@@ -179,7 +190,7 @@ OPENVINO_MODEL_FILE = "model.xml"
 
 def tensor_config(
     name: str,
-    metadata: Mapping[str, Any],
+    metadata: ExportMetadata,
     labels: Sequence[str],
     *,
     platform: str,
@@ -188,7 +199,8 @@ def tensor_config(
     openvino: OpenVINOOptions | None = None,
 ) -> mc.ModelConfig:
     """NAME: input FP32 [3, H, W] -> logits, probs [C] (onnxruntime_onnx, tensorrt_plan, or backend openvino)."""
-    dims = input_dims(metadata)
+    mc = _schema()
+    dims = list(metadata.input_shape)
     if platform == "openvino":
         config = mc.ModelConfig(name=name, backend="openvino", max_batch_size=batching.max_batch,
                                 default_model_filename=OPENVINO_MODEL_FILE)
@@ -197,7 +209,7 @@ def tensor_config(
     else:
         config = mc.ModelConfig(name=name, platform=platform, max_batch_size=batching.max_batch)
     config.input.append(mc.ModelInput(name=INPUT_NAME, data_type=mc.TYPE_FP32, dims=dims))
-    add_outputs(config, int(metadata["num_classes"]))
+    add_outputs(config, metadata.num_classes)
     set_dynamic_batching(config, batching)
     device = mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.append(mc.ModelInstanceGroup(count=batching.instances, kind=device))
@@ -218,16 +230,17 @@ def tensor_config(
 
 
 def preprocess_config(
-    name: str, metadata: Mapping[str, Any], labels: Sequence[str], *, batching: BatchingOptions
+    name: str, metadata: ExportMetadata, labels: Sequence[str], *, batching: BatchingOptions
 ) -> mc.ModelConfig:
     """NAME_preprocess: image BYTES [1] -> input FP32 [3, H, W] on CPU (python backend).
 
     No dynamic batching on purpose: Triton then hands the model one request per execute, so a bad image
     fails its own request and nothing else.
     """
+    mc = _schema()
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=batching.max_batch)
     config.input.append(mc.ModelInput(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
-    config.output.append(_fp32(INPUT_NAME, input_dims(metadata)))
+    config.output.append(_fp32(INPUT_NAME, metadata.input_shape))
     config.instance_group.append(
         mc.ModelInstanceGroup(count=batching.preprocess_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     )
@@ -236,13 +249,14 @@ def preprocess_config(
 
 
 def ensemble_config(
-    name: str, tensor_model: str, preprocess_model: str, metadata: Mapping[str, Any], labels: Sequence[str],
+    name: str, tensor_model: str, preprocess_model: str, metadata: ExportMetadata, labels: Sequence[str],
     *, max_batch: int,
 ) -> mc.ModelConfig:
     """NAME_image: image BYTES [1] -> NAME_preprocess -> NAME -> logits, probs [C] (labels attached)."""
+    mc = _schema()
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch)
     config.input.append(mc.ModelInput(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
-    add_outputs(config, int(metadata["num_classes"]))
+    add_outputs(config, metadata.num_classes)
     steps = config.ensemble_scheduling.step
     pre = steps.add(model_name=preprocess_model, model_version=-1)
     pre.input_map[IMAGE_INPUT] = IMAGE_INPUT
@@ -253,49 +267,6 @@ def ensemble_config(
         net.output_map[out] = out
     set_parameter(config, METADATA_KEY, metadata_parameter(metadata, labels))
     return config
-
-
-# ---------------------------------------------------------------------------------------------- plan sidecar
-
-
-def read_plan_sidecar(plan: str | os.PathLike) -> dict[str, Any]:
-    """``<plan>.json`` written beside every engine by the TensorRT builder."""
-    sidecar = Path(f"{os.fspath(plan)}.json")
-    if not sidecar.is_file():
-        raise SwinV2ServeError(f"{sidecar} not found: TensorRT plans need the JSON sidecar their build wrote")
-    try:
-        return json.loads(sidecar.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SwinV2ServeError(f"{sidecar}: not valid JSON ({exc})") from None
-
-
-def _batch_of(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], int):
-        return int(value[0])
-    raise SwinV2ServeError(f"cannot read a batch size from engine profile entry {value!r}")
-
-
-def plan_batch_range(sidecar: Mapping[str, Any]) -> tuple[int, int, int]:
-    """(min, opt, max) batch of the engine's optimisation profile.
-
-    Accepts ``batch_profile`` / ``profile: {min, opt, max}`` with batch sizes or full shapes, or the same
-    per input name.
-    """
-    profile = sidecar.get("batch_profile", sidecar.get("profile"))
-    if isinstance(profile, Mapping) and "max" not in profile and INPUT_NAME in profile:
-        profile = profile[INPUT_NAME]
-    if not isinstance(profile, Mapping) or not {"min", "opt", "max"} <= set(profile):
-        raise SwinV2ServeError("plan sidecar has no 'profile' with min/opt/max: rebuild the engine with swinv2-serve")
-    return _batch_of(profile["min"]), _batch_of(profile["opt"]), _batch_of(profile["max"])
-
-
-def plan_metadata(sidecar: Mapping[str, Any]) -> dict[str, Any] | None:
-    for key in ("metadata", METADATA_KEY, "onnx_metadata"):
-        if isinstance(sidecar.get(key), Mapping):
-            return dict(sidecar[key])
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- writer
@@ -325,7 +296,7 @@ def write_repository(
 
     ``backend="openvino"``: Triton's OpenVINO backend on CPU instances; the ONNX is converted to
     ``1/model.xml`` + ``model.bin`` (fp32 weights, metadata in rt_info). A bf16 precision is written only
-    after the load-time fidelity check passes here (``openvino_backend.check_fidelity``), since Triton
+    after the load-time fidelity check passes here (``OpenVINORuntime`` checks it on load), since Triton
     runs no such check; int8 is quantized here on ``openvino.calibration`` images and written only if it
     passes its check on held-out ones (``openvino_int8.quantize_int8``).
     """
@@ -345,10 +316,10 @@ def write_repository(
         if path is not None and not Path(path).is_file():
             raise SwinV2ServeError(f"{path}: no such file")
 
-    metadata: dict[str, Any] | None = read_onnx_metadata(onnx) if onnx is not None else None
+    metadata = read_onnx_metadata(onnx) if onnx is not None else None
     if plan is not None:
-        sidecar = read_plan_sidecar(plan)
-        _, _, engine_max = plan_batch_range(sidecar)
+        engine = read_sidecar(plan)
+        engine_max = engine.batch_profile.max
         if max_batch is None:
             max_batch = engine_max
         elif max_batch > engine_max:
@@ -356,9 +327,7 @@ def write_repository(
                 f"--max-batch {max_batch} exceeds the engine's profile max {engine_max}: "
                 f"use --max-batch {engine_max} or rebuild the engine with a larger profile"
             )
-        metadata = metadata or plan_metadata(sidecar)
-        if metadata is None:
-            raise SwinV2ServeError("the plan sidecar carries no model metadata: pass the engine's --onnx as well")
+        metadata = metadata or engine.metadata
         if kind == "cpu":
             raise SwinV2ServeError("TensorRT plans run on GPUs only: drop --kind cpu or pass --onnx without --plan")
     assert metadata is not None
@@ -388,7 +357,7 @@ def write_repository(
             platform = "tensorrt_plan"
         elif plan is not None:
             shutil.copyfile(plan, tensor_dir / "1" / "model.plan")
-            shutil.copyfile(f"{os.fspath(plan)}.json", tensor_dir / "1" / "model.plan.json")
+            shutil.copyfile(sidecar_path(plan), sidecar_path(tensor_dir / "1" / "model.plan"))
             platform = "tensorrt_plan"
         elif backend == "openvino":
             options = openvino or OpenVINOOptions()
@@ -423,15 +392,11 @@ def write_repository(
 
 def _write_openvino_model(onnx: str | os.PathLike, xml: Path, options: OpenVINOOptions) -> None:
     """IR for Triton's OpenVINO backend; bf16 and int8 must pass their fidelity checks on this CPU first."""
-    from .openvino_backend import OpenVINORuntime, convert_to_ir
-
     if options.precision not in ("fp32", "bf16", "int8"):
         raise SwinV2ServeError(f"openvino precision must be fp32, bf16 or int8, got {options.precision!r}")
     if options.precision == "int8":
         if options.calibration is None:
             raise SwinV2ServeError("--precision int8 needs --calibration DIR: images like the ones you will serve")
-        from .openvino_int8 import quantize_int8
-
         quantize_int8(onnx, options.calibration, xml, threads=options.threads, fidelity=options.fidelity,
                       threshold=options.fidelity_threshold, overflow_fix=options.overflow_fix)
         return

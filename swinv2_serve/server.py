@@ -32,10 +32,22 @@ from typing import Any
 import numpy as np
 
 from . import repository as repo
+from .contract import (
+    GRPC_PORT,
+    HTTP_PORT,
+    IMAGE_INPUT,
+    INPUT_NAME,
+    LABELS_FILE,
+    METADATA_KEY,
+    METRICS_PORT,
+    OUTPUT_NAMES,
+    ExportMetadata,
+    model_names,
+)
 from .errors import ImageDecodeError, ServerError, SwinV2ServeError
 from .labels import labels_for, labels_text
 from .preprocess import Preprocess
-from .runtime import INPUT_NAME, OUTPUT_NAMES, Runtime, load
+from .runtime import Runtime, load
 
 LOGGER = logging.getLogger("swinv2_serve.server")
 
@@ -45,9 +57,9 @@ class ServerConfig:
     """Where and how the embedded server listens and batches."""
 
     host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
+    http_port: int = HTTP_PORT
+    grpc_port: int = GRPC_PORT
+    metrics_port: int = METRICS_PORT
     max_batch: int = 32
     max_queue_delay_us: int = 2000
     # One instance: PyTriton's extra instances fetch their config from instance 0's handshake socket and fail
@@ -71,7 +83,7 @@ class ServedModel:
     labels: list[str] = field(default_factory=list)
 
     @property
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> ExportMetadata:
         return self.runtime.metadata
 
 
@@ -132,7 +144,7 @@ def find_repository_model(repository: str | os.PathLike, name: str) -> Path:
 
 
 def _repository_labels(model_file: Path) -> list[str] | None:
-    labels_file = model_file.parent.parent / repo.LABELS_FILE
+    labels_file = model_file.parent.parent / LABELS_FILE
     if labels_file.is_file():
         return [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     return None
@@ -183,7 +195,7 @@ class EmbeddedServer:
         return self._max_batch()
 
     @property
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> ExportMetadata:
         if self._model is None:
             raise ServerError("server not started")
         return self._model.metadata
@@ -241,6 +253,14 @@ class EmbeddedServer:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
+    def triton_version(self) -> str | None:
+        """The running tritonserver's version (from its metadata endpoint), or None."""
+        import tritonclient.http as httpclient  # the [serve] extra
+
+        with contextlib.suppress(Exception), contextlib.closing(httpclient.InferenceServerClient(self.http_url)) as c:
+            return str(c.get_server_metadata().get("version"))
+        return None
+
     def is_alive(self) -> bool:
         return self._triton is not None and bool(self._triton.is_alive())
 
@@ -248,7 +268,7 @@ class EmbeddedServer:
         import tritonclient.http as httpclient
 
         deadline = time.monotonic() + timeout_s
-        names = repo.model_names(self.name)
+        names = model_names(self.name)
         with contextlib.closing(httpclient.InferenceServerClient(self.http_url)) as client:
             while True:
                 with contextlib.suppress(Exception):
@@ -294,7 +314,7 @@ class EmbeddedServer:
         classes = (runtime.num_classes,)
         max_batch = self._max_batch()
         batching = repo.BatchingOptions(max_batch=max_batch, max_queue_delay_us=self.config.max_queue_delay_us)
-        tensor_name, pre_name, _ = repo.model_names(self.name)
+        tensor_name, pre_name, _ = model_names(self.name)
 
         @batch
         def infer(input: np.ndarray) -> dict[str, np.ndarray]:  # noqa: A002 (the tensor's name)
@@ -316,7 +336,7 @@ class EmbeddedServer:
         triton.bind(
             model_name=pre_name,
             infer_func=[_PreprocessFn(preprocess) for _ in range(self.config.preprocess_instances)],
-            inputs=[Tensor(name=repo.IMAGE_INPUT, dtype=np.bytes_, shape=(1,))],
+            inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,))],
             outputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=dims)],
             # no dynamic batcher: Triton's default scheduler passes one request per call, so a bad image
             # fails its own request only (PyTriton reports an exception for every request of a call)
@@ -328,26 +348,26 @@ class EmbeddedServer:
         """Labels, metadata parameter and the ensemble, through Triton's ModelConfig schema."""
         assert self._model is not None
         meta, names = self._model.metadata, self._model.labels
-        tensor_name, pre_name, ens_name = repo.model_names(self.name)
+        tensor_name, pre_name, ens_name = model_names(self.name)
         parameter = repo.metadata_parameter(meta, names)
 
         path = store / tensor_name / "config.pbtxt"
         config = repo.parse_config(path.read_text(encoding="utf-8"))
         repo.attach_labels(config)
-        repo.set_parameter(config, repo.METADATA_KEY, parameter)
+        repo.set_parameter(config, METADATA_KEY, parameter)
         path.write_text(repo.to_text(config), encoding="utf-8")
-        (store / tensor_name / repo.LABELS_FILE).write_text(labels_text(names), encoding="utf-8")
+        (store / tensor_name / LABELS_FILE).write_text(labels_text(names), encoding="utf-8")
 
         path = store / pre_name / "config.pbtxt"
         config = repo.parse_config(path.read_text(encoding="utf-8"))
-        repo.set_parameter(config, repo.METADATA_KEY, parameter)
+        repo.set_parameter(config, METADATA_KEY, parameter)
         path.write_text(repo.to_text(config), encoding="utf-8")
 
         ens_dir = store / ens_name
         (ens_dir / "1").mkdir(parents=True, exist_ok=True)
         config = repo.ensemble_config(ens_name, tensor_name, pre_name, meta, names, max_batch=self._max_batch())
         (ens_dir / "config.pbtxt").write_text(repo.to_text(config), encoding="utf-8")
-        (ens_dir / repo.LABELS_FILE).write_text(labels_text(names), encoding="utf-8")
+        (ens_dir / LABELS_FILE).write_text(labels_text(names), encoding="utf-8")
 
 
 class _PreprocessFn:
@@ -359,7 +379,7 @@ class _PreprocessFn:
     def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
         responses = []
         for request in requests:
-            images = np.asarray(request[repo.IMAGE_INPUT]).reshape(-1)
+            images = np.asarray(request[IMAGE_INPUT]).reshape(-1)
             arrays = []
             for i, data in enumerate(images):
                 try:

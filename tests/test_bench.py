@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 from _serving import write_digit_pngs
 
-from swinv2_serve import create_model
-from swinv2_serve.bench import (
-    CSV_FIELDS,
-    EXPORT_FIELDS,
-    budget_reason,
-    estimate_memory_bytes,
-    precision_unavailable_reason,
-    resized_config,
-)
+from swinv2_serve import create_model, resolve_config
+from swinv2_serve.bench.budget import budget_reason, estimate_memory_bytes
+from swinv2_serve.bench.report import CSV_FIELDS, EXPORT_FIELDS
+from swinv2_serve.bench.runners import precision_unavailable_reason
 from swinv2_serve.cli import main
 
 MODEL = "swinv2_nano_window4_64"
@@ -121,7 +116,7 @@ def test_plots_are_real_pngs(bench_dir: Path) -> None:
 
 
 def test_budgets_skip_instead_of_crashing() -> None:
-    cfg = resized_config(create_model("swinv2_tiny_window8_256").cfg, 1536)
+    cfg = resolve_config("swinv2_tiny_window8_256", img_size=1536)
     assert cfg.window_size[0] == 48
     assert estimate_memory_bytes(cfg, 32) > 100 * 2**30  # 1536 px at batch 32: far beyond a CPU box
     assert "estimated peak memory" in budget_reason(cfg, 32, None, 24.0)
@@ -190,7 +185,7 @@ def test_openvino_fp32_with_timm_peer(openvino_dir: Path) -> None:
 
 
 def test_openvino_bf16_with_timm_peer_and_fp32_reference(openvino_dir: Path) -> None:
-    from swinv2_serve.openvino_backend import cpu_capabilities
+    from swinv2_serve.runtime.openvino_backend import cpu_capabilities
 
     if "BF16" not in cpu_capabilities():
         pytest.skip("this CPU has no bf16 (OpenVINO capabilities lack BF16): the bench skips these cells")

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from swinv2_serve import SwinV2Config, create_model
 from swinv2_serve.checkpoint import load_checkpoint, load_model, save_checkpoint
+from swinv2_serve.contract import ExportMetadata
 from swinv2_serve.errors import CheckpointError
 
 DERIVED = ("relative_coords_table", "relative_position_index", "attn_mask")
@@ -225,13 +226,13 @@ def test_own_format_describes_itself(suffix: str, source, image, tmp_path: Path)
     assert raw["format"] == "swinv2_serve" and raw["format_version"] == 1
     assert raw["labels"] == labels and raw["extra"] == {"val_top1": 0.93}
     assert raw["train_args"]["betas"] == [0.9, 0.999] and raw["train_args"]["out"] == str(tmp_path)
-    assert raw["preprocess"] == PICO.preprocessing()
+    assert ExportMetadata.from_dict(raw["metadata"]) == source.cfg.replace(labels=tuple(labels)).metadata()
     assert SwinV2Config.from_dict(raw["config"]) == source.cfg
 
     model = load_model(path)
     assert not model.training
     assert model.cfg == source.cfg and model.cfg.labels == tuple(labels)
-    assert model.cfg.preprocessing() == raw["preprocess"]
+    assert model.cfg.metadata().to_dict() == raw["metadata"]
     with torch.no_grad():
         assert torch.equal(model(image), source(image))
 

@@ -21,7 +21,7 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
     [(64, None), (72, None), (96, None), (64, 0), (72, 0), (96, 0)],
 )
 def test_deploy_equals_eager(img_size: int, dense_limit: int | None) -> None:
-    model = perturb_(create_model("swinv2_nano_window4_64", img_size=img_size)).eval()
+    model = perturb_(create_model("swinv2_nano_window4_64", img_size=img_size, window_size=4)).eval()
     kwargs = {} if dense_limit is None else {"dense_limit": dense_limit}
     deploy = to_deploy(model, **kwargs)
     x = torch.randn(3, 3, img_size, img_size)
@@ -59,7 +59,7 @@ def test_deploy_transfer_equals_train_time_model_at_new_size() -> None:
 
 @pytest.mark.slow
 def test_deploy_equals_eager_tiny_real_size() -> None:
-    model = perturb_(create_model("swinv2_tiny_window8_256", img_size=320)).eval()  # 320: padded stages
+    model = perturb_(create_model("swinv2_tiny_window8_256", img_size=320, window_size=8)).eval()  # padded stages
     assert _max_diff(model, to_deploy(model), torch.randn(2, 3, 320, 320)) < 1e-5
 
 

@@ -28,7 +28,7 @@ CASES = {
     "tiny_window8_256": ("swinv2_tiny_window8_256", {}),
     "small_window16_256": ("swinv2_small_window16_256", {}),
     "base_window12to24_192to384": ("swinv2_base_window12to24_192to384", {}),
-    "tiny_320_padding": ("swinv2_tiny_window8_256", {"img_size": 320}),
+    "tiny_320_padding": ("swinv2_tiny_window8_256", {"img_size": 320, "window_size": 8}),  # timm keeps 8
     "tiny_512_window16_from_8": ("swinv2_tiny_window8_256", {"img_size": 512, "window_size": 16}),
 }
 SLOW = {"small_window16_256", "base_window12to24_192to384", "tiny_512_window16_from_8"}

@@ -13,10 +13,11 @@ import torch
 from conftest import perturb_
 
 from swinv2_serve import create_model
+from swinv2_serve.contract import read_onnx_metadata
 from swinv2_serve.deploy import DeployAttention, to_deploy
 from swinv2_serve.errors import ExportError
 from swinv2_serve.onnx_export import export_onnx
-from swinv2_serve.runtime import OnnxRuntime, read_onnx_metadata
+from swinv2_serve.runtime import OnnxRuntime
 
 REQUIRED_METADATA = {"model", "img_size", "window_sizes", "pretrained_window_sizes", "num_classes", "mean", "std",
                      "interpolation", "crop_pct"}
@@ -40,7 +41,7 @@ def test_export_contract(tmp_path: Path) -> None:
     ops = _ops(result.path)
     assert "Sigmoid" not in ops and "Relu" not in ops  # the CPB meta-network is gone
     assert "LayerNormalization" in ops
-    meta = read_onnx_metadata(result.path)
+    meta = read_onnx_metadata(result.path).to_dict()  # the JSON every reader sees
     assert set(meta) >= REQUIRED_METADATA
     assert meta["img_size"] == [64, 64] and meta["num_classes"] == 10
     runtime = OnnxRuntime(result.path)

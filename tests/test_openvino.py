@@ -12,18 +12,17 @@ pytest.importorskip("openvino")
 from _serving import export_small_onnx  # noqa: E402
 from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
-from swinv2_serve.openvino_backend import (  # noqa: E402
-    FIDELITY_THRESHOLD,
-    FidelityError,
-    compare_logits,
-    convert_to_ir,
-    cpu_capabilities,
-    enforce_fidelity,
-    resolve_precision,
-)
 from swinv2_serve.preprocess import Preprocess  # noqa: E402
 from swinv2_serve.repository import parse_config, write_repository  # noqa: E402
 from swinv2_serve.runtime import available_backends, load  # noqa: E402
+from swinv2_serve.runtime.openvino_backend import convert_to_ir, cpu_capabilities, resolve_precision  # noqa: E402
+from swinv2_serve.verification import (  # noqa: E402
+    FIDELITY_THRESHOLD,
+    FidelityError,
+    enforce,
+    fidelity_tolerance,
+    judge,
+)
 
 HAS_BF16 = "BF16" in cpu_capabilities()
 
@@ -89,16 +88,16 @@ def test_fidelity_report_refuses_and_warns(caplog: pytest.LogCaptureFixture) -> 
     ref = np.eye(4, 10, dtype=np.float32) * 5
     flipped = ref.copy()
     flipped[0, 0], flipped[0, 1] = 0.0, 5.0  # one of four top-1s moves
-    report = compare_logits(ref, flipped, "bf16")
-    assert report.top1_agreement == 0.75 and not report.ok
-    with pytest.raises(FidelityError, match=r"top-1 agreement with fp32 75\.0%"):
-        enforce_fidelity(report, "refuse", "m.onnx")
-    enforce_fidelity(report, "warn", "m.onnx")
+    report = judge("bf16", ref, flipped, fidelity_tolerance())
+    assert report.comparison.top1_agreement == 0.75 and not report.passed
+    with pytest.raises(FidelityError, match=r"top-1 agreement 75\.0%.*serve fp32"):
+        enforce(report, "refuse", "m.onnx", "serve fp32")
+    enforce(report, "warn", "m.onnx", "serve fp32")
     assert "LOW FIDELITY" in caplog.text
     nan = ref.copy()
     nan[1, 3] = np.nan
-    assert not compare_logits(ref, nan, "bf16").ok
-    assert compare_logits(ref, ref + 1e-3, "bf16").ok
+    assert not judge("bf16", ref, nan, fidelity_tolerance()).passed
+    assert judge("bf16", ref, ref + 1e-3, fidelity_tolerance()).passed
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 (OpenVINO capabilities lack BF16)")
@@ -106,9 +105,9 @@ def test_bf16_agrees_on_photos_or_is_refused(onnx_path: Path, ort, photos: np.nd
     try:
         runtime = load(onnx_path, "openvino", precision="bf16", threads=2, check_inputs=photos)
     except FidelityError as exc:
-        assert "top-1 agreement with fp32" in str(exc) and "serve fp32" in str(exc)
+        assert "top-1 agreement" in str(exc) and "serve fp32" in str(exc)
         return
-    assert runtime.precision == "bf16" and runtime.fidelity is not None and runtime.fidelity.ok
+    assert runtime.precision == "bf16" and runtime.fidelity is not None and runtime.fidelity.passed
     got = runtime(photos)["logits"]
     agreement = float((got.argmax(1) == ort(photos)["logits"].argmax(1)).mean())
     assert agreement >= FIDELITY_THRESHOLD and np.isfinite(got).all()
@@ -170,7 +169,8 @@ def test_server_openvino_round_trip(onnx_path: Path, ort, photos: np.ndarray, ph
 def test_bf16_fidelity_checked_on_an_image_folder(onnx_path: Path, images_dir: Path,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     runtime = load(onnx_path, "openvino", precision="bf16", threads=2, fidelity="warn", check_inputs=images_dir)
-    assert runtime.fidelity is not None and runtime.fidelity.samples == 8  # the 8 good photos, not random inputs
+    assert runtime.fidelity is not None
+    assert runtime.fidelity.comparison.samples == 8  # the 8 good photos, not random inputs
     assert "skipped bad_truncated.jpg" in caplog.text and "skipped bad_not_an_image.jpg" in caplog.text
     with pytest.raises(Exception, match="no readable images"):
         load(onnx_path, "openvino", precision="bf16", check_inputs=images_dir / "missing")

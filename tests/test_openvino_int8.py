@@ -17,22 +17,20 @@ from _serving import export_small_onnx, write_digit_pngs  # noqa: E402
 from PIL import Image  # noqa: E402
 from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
-from swinv2_serve import openvino_backend  # noqa: E402
 from swinv2_serve.cli import main as cli_main  # noqa: E402
 from swinv2_serve.errors import DatasetError, SwinV2ServeError  # noqa: E402
-from swinv2_serve.openvino_backend import FidelityError, cpu_has_vnni  # noqa: E402
+from swinv2_serve.machine import cpu_has_vnni  # noqa: E402
 from swinv2_serve.openvino_int8 import (  # noqa: E402
-    INT8_KEY,
     activation_matmuls,
-    int8_record,
     load_calibration_set,
-    overflow_mismatch,
     quantize_int8,
     resolve_overflow_fix,
 )
 from swinv2_serve.preprocess import Preprocess, image_files  # noqa: E402
 from swinv2_serve.repository import OpenVINOOptions, parse_config, write_repository  # noqa: E402
-from swinv2_serve.runtime import load  # noqa: E402
+from swinv2_serve.runtime import load, openvino_backend  # noqa: E402
+from swinv2_serve.runtime.openvino_backend import INT8_KEY, int8_record, overflow_mismatch  # noqa: E402
+from swinv2_serve.verification import FidelityError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +79,11 @@ def test_linear_layers_are_int8_and_attention_products_are_not(onnx_path: Path, 
 def test_int8_ir_records_fidelity_and_loads_as_int8(onnx_path: Path, int8_xml: Path, digits: Path) -> None:
     record = int8_record(ov.Core().read_model(str(int8_xml)))
     assert record is not None and record["calibration_images"] == 48 and record["smooth_quant"] is False
-    assert record["fidelity"]["samples"] == 12 and record["fidelity"]["precision"] == "int8"
+    assert record["fidelity"]["samples"] == 12 and record["fidelity"]["what"] == "int8"
     assert record["checked_on"]["vnni"] == cpu_has_vnni() and record["checked_on"]["batch1_ms"]["int8"] > 0
     runtime = load(int8_xml, threads=2, fidelity="warn")
-    assert runtime.precision == "int8" and runtime.metadata["model"] == "swinv2_nano_window4_64"
-    assert runtime.fidelity is not None and runtime.fidelity.samples == 12
+    assert runtime.precision == "int8" and runtime.metadata.model == "swinv2_nano_window4_64"
+    assert runtime.fidelity is not None and runtime.fidelity.comparison.samples == 12
     x = Preprocess.from_metadata(runtime.metadata).batch(image_files(digits)[:4])
     got, want = runtime(x)["logits"], load(onnx_path, "onnxruntime")(x)["logits"]
     assert got.shape == want.shape and np.isfinite(got).all()
@@ -94,7 +92,7 @@ def test_int8_ir_records_fidelity_and_loads_as_int8(onnx_path: Path, int8_xml: P
 
 def test_refused_below_threshold_writes_nothing(onnx_path: Path, digits: Path, tmp_path: Path) -> None:
     out = tmp_path / "never.xml"
-    with pytest.raises(FidelityError, match="top-1 agreement with fp32 .* on 12 check inputs"):
+    with pytest.raises(FidelityError, match="top-1 agreement .* on 12 inputs"):
         quantize_int8(onnx_path, digits, out, threshold=1.01)  # no model can pass: the gate must refuse
     assert not out.exists() and not out.with_suffix(".bin").exists()
 
@@ -121,7 +119,8 @@ def test_precision_mismatches_are_clear(onnx_path: Path, int8_xml: Path) -> None
 
 
 def test_calibration_set_needs_enough_readable_images(digits: Path, images_dir: Path, tmp_path: Path) -> None:
-    pre = Preprocess(img_size=(64, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    pre = Preprocess(img_size=(64, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
+                     crop_pct=1.0)
     split = load_calibration_set(digits, pre, calibration=30, check=100)
     assert split.calibration.shape == (30, 3, 64, 64) and len(split.check) == 12  # a fifth of 60
     with pytest.raises(DatasetError, match="int8 needs at least 8 to calibrate and 8 held out"):
@@ -209,7 +208,7 @@ def test_load_refuses_an_ir_quantized_for_vnni_on_a_cpu_without_it(int8_xml: Pat
         load(ir, threads=2)
     assert load(ir, threads=2, fidelity="warn").precision == "int8"
     monkeypatch.setattr(openvino_backend, "cpu_has_vnni", lambda: True)
-    assert load(ir, threads=2).fidelity.top1_agreement == 1.0
+    assert load(ir, threads=2).fidelity.comparison.top1_agreement == 1.0
 
 
 @pytest.mark.skipif(cpu_has_vnni(), reason="this CPU has VNNI: int8 products do not saturate, the fix changes little")
@@ -220,7 +219,7 @@ def test_overflow_fix_keeps_int8_close_to_fp32_without_vnni(onnx_path: Path, int
     unfixed = quantize_int8(onnx_path, digits, tmp_path / "first_layer.xml", fidelity="warn", threads=2,
                             overflow_fix="first-layer").report
     # measured on this model and check set: max relative logit error ~0.08 with the fix, ~0.2 without
-    assert fixed["fidelity"]["max_rel_error"] < 0.6 * unfixed.max_rel_error
+    assert fixed["fidelity"]["max_rel_error"] < 0.6 * unfixed.comparison.max_rel_error
 
 
 # -- a genuinely trained model ----------------------------------------------------------------------------------
@@ -244,7 +243,8 @@ def trained(digits_demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_trained_model_int8_passes_the_gate_and_keeps_accuracy(trained: tuple[Path, Path], tmp_path: Path) -> None:
     onnx, val = trained
     result = quantize_int8(onnx, val, tmp_path / "digits_int8.xml", threads=2)  # "refuse": raises if < 99%
-    assert result.report.ok and result.report.samples == 72 and result.report.max_rel_error < 0.1
+    comparison = result.report.comparison
+    assert result.report.passed and comparison.samples == 72 and comparison.max_rel_error < 0.1
     files = image_files(val)
     labels = np.array([int(f.parent.name) for f in files])
     fp32, int8 = load(onnx, "onnxruntime"), load(result.xml, threads=2)

@@ -13,10 +13,12 @@ from _serving import export_small_onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from swinv2_serve.config import resolve_config
+from swinv2_serve.contract import read_onnx_metadata
 from swinv2_serve.errors import SwinV2ServeError
 from swinv2_serve.labels import imagenet1k_labels, labels_for
 from swinv2_serve.repository import write_repository
-from swinv2_serve.runtime import read_onnx_metadata
+from swinv2_serve.runtime.engine import BatchProfile, EngineInfo, TensorSpec, write_sidecar
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,13 +71,14 @@ def test_onnx_repository_parses_under_triton_schema(onnx_path: Path, tmp_path: P
 def test_labels_file_has_one_line_per_class(onnx_path: Path, tmp_path: Path) -> None:
     write_repository(tmp_path, "nano", onnx=onnx_path)
     lines = (tmp_path / "nano" / "labels.txt").read_text().splitlines()
-    assert len(lines) == read_onnx_metadata(onnx_path)["num_classes"] == 1000
+    assert len(lines) == read_onnx_metadata(onnx_path).num_classes == 1000
     assert lines[281] == "tabby, tabby cat" and lines == list(imagenet1k_labels())
 
 
 def test_labels_for_other_class_counts() -> None:
     assert labels_for(3) == ["class_0", "class_1", "class_2"]
-    assert labels_for({"num_classes": 2, "labels": ["cat", "dog"]}) == ["cat", "dog"]
+    two = resolve_config("swinv2_nano_window4_64", num_classes=2).replace(labels=("cat", "dog"))
+    assert labels_for(two.metadata()) == ["cat", "dog"]
     assert labels_for(1000)[0] == "tench, Tinca tinca"
     with pytest.raises(SwinV2ServeError, match="3 classes but 2 labels"):
         labels_for(3, ["a", "b"])
@@ -84,13 +87,12 @@ def test_labels_for_other_class_counts() -> None:
 def _fake_plan(tmp_path: Path, onnx_path: Path, max_batch: int) -> Path:
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"engine bytes (built on a GPU)")
-    sidecar = {"format": 1, "plan": plan.name, "tensorrt_version": "10.5.0", "gpu_name": "NVIDIA H100",
-               "compute_capability": "9.0", "precision": "fp16",
-               "batch_profile": {"min": 1, "opt": max_batch // 2, "max": max_batch},
-               "inputs": [{"name": "input", "shape": [-1, 3, 64, 64], "dtype": "float32"}],
-               "outputs": [{"name": n, "shape": [-1, 1000], "dtype": "float32"} for n in ("logits", "probs")],
-               "metadata": read_onnx_metadata(onnx_path)}
-    Path(f"{plan}.json").write_text(json.dumps(sidecar))
+    info = EngineInfo(plan=plan.name, tensorrt_version="10.5.0", gpu_name="NVIDIA H100", compute_capability=(9, 0),
+                      precision="fp16", batch_profile=BatchProfile(1, max_batch // 2, max_batch),
+                      inputs=(TensorSpec("input", (-1, 3, 64, 64), "float32"),),
+                      outputs=tuple(TensorSpec(n, (-1, 1000), "float32") for n in ("logits", "probs")),
+                      metadata=read_onnx_metadata(onnx_path))
+    write_sidecar(info, plan)  # the builder's own writer (building needs a GPU)
     return plan
 
 

@@ -14,7 +14,8 @@ from swinv2_serve import create_model, runtime
 from swinv2_serve.errors import BackendUnavailableError, SwinV2ServeError
 from swinv2_serve.onnx_export import export_onnx
 from swinv2_serve.preprocess import Preprocess
-from swinv2_serve.runtime import OnnxRuntime, Runtime, TorchRuntime, available_backends, load, ort_providers
+from swinv2_serve.runtime import OnnxRuntime, Runtime, TorchRuntime, available_backends, load
+from swinv2_serve.runtime.onnxruntime_backend import ort_providers
 
 NANO = "swinv2_nano_window4_64"
 ATOL = 1e-4
@@ -48,7 +49,7 @@ def eager(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 def test_onnxruntime_matches_eager(nano_model, nano_onnx, inputs) -> None:
     rt = load(nano_onnx)
     assert isinstance(rt, OnnxRuntime) and rt.backend == "onnxruntime"
-    assert rt.input_shape == (3, 64, 64) and rt.metadata["model"] == NANO and rt.num_classes == 10
+    assert rt.input_shape == (3, 64, 64) and rt.metadata.model == NANO and rt.num_classes == 10
     out = rt(inputs)
     np.testing.assert_allclose(out["logits"], eager(nano_model, inputs), atol=ATOL, rtol=0)
     np.testing.assert_allclose(out["probs"].sum(1), 1.0, atol=1e-5)
@@ -82,7 +83,7 @@ def test_ort_gpu_provider_refused_where_missing(nano_onnx) -> None:
 def test_torch_runtime_deploy_matches_eager(nano_model, inputs) -> None:
     rt = load(nano_model)  # a module: torch backend, deploy form
     assert isinstance(rt, TorchRuntime) and type(rt.module).__name__ == "DeploySwinV2"
-    assert rt.input_shape == (3, 64, 64) and rt.metadata["num_classes"] == 10
+    assert rt.input_shape == (3, 64, 64) and rt.metadata.num_classes == 10
     np.testing.assert_allclose(rt(inputs)["logits"], eager(nano_model, inputs), atol=ATOL, rtol=0)
     train_time = TorchRuntime(nano_model, deploy=False)
     assert train_time.module is nano_model
@@ -102,12 +103,12 @@ def test_torch_runtime_from_checkpoint(nano_model, inputs, tmp_path) -> None:
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_torch_runtime_autocast_close(nano_model, inputs, dtype) -> None:
     ref = eager(nano_model, inputs)
-    out = TorchRuntime(nano_model, dtype=dtype)(inputs)
+    out = TorchRuntime(nano_model, precision=dtype)(inputs)
     assert out["logits"].dtype == np.float32 and np.isfinite(out["logits"]).all()
     scale = np.abs(ref).max()
     assert np.abs(out["logits"] - ref).max() < 0.1 * scale  # reduced precision, same answers broadly
-    with pytest.raises(SwinV2ServeError, match="dtype must be one of"):
-        TorchRuntime(nano_model, dtype="int8")
+    with pytest.raises(SwinV2ServeError, match="torch runs fp32 / fp16 / bf16, not int8"):
+        TorchRuntime(nano_model, precision="int8")
 
 
 @pytest.mark.slow
@@ -185,13 +186,12 @@ def test_registry_is_the_extension_point(nano_onnx) -> None:
             out = super().run(x)
             return {k: 2 * v for k, v in out.items()}
 
-    runtime.register_backend(runtime.Backend("doubled", Doubled, "test backend", lambda: None, (".dbl",)))
+    runtime.register_backend(runtime.Backend("doubled", Doubled, "test backend", (".dbl",)))
     try:
-        assert available_backends()["doubled"] is None and "doubled" in runtime.BACKENDS
+        assert available_backends()["doubled"] is None and "doubled" in runtime.REGISTRY
         rt = load(nano_onnx, backend="doubled")
         assert isinstance(rt, Runtime) and rt.backend == "doubled"
         x = np.zeros((1, 3, 64, 64), np.float32)
         np.testing.assert_allclose(rt(x)["probs"].sum(), 2.0, atol=1e-5)
     finally:
         runtime.REGISTRY.pop("doubled")
-        runtime.BACKENDS.pop("doubled")

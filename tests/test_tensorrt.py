@@ -6,6 +6,8 @@ TensorRT is never faked: where it (or a CUDA GPU) is missing, the ``gpu`` tests 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -16,27 +18,23 @@ import torch
 from conftest import perturb_
 
 from swinv2_serve import create_model, tensorrt_build
+from swinv2_serve.commands._tensorrt_options import add_tensorrt_arguments, tensorrt_options_from_args
+from swinv2_serve.config import resolve_config
 from swinv2_serve.errors import BackendUnavailableError, ExportError, SwinV2ServeError
-from swinv2_serve.tensorrt_build import (
+from swinv2_serve.runtime.engine import (
     BatchProfile,
     EngineCompatibilityError,
     EngineInfo,
     TensorSpec,
-    Tolerance,
-    add_tensorrt_arguments,
     batch_profile,
     check_engine_compatibility,
-    check_verification,
-    compare_outputs,
     default_opt_batch,
-    default_plan_path,
     read_sidecar,
-    resolve_strongly_typed,
     sidecar_path,
-    tensorrt_options_from_args,
-    tensorrt_unavailable_reason,
     write_sidecar,
 )
+from swinv2_serve.runtime.tensorrt_backend import tensorrt_unavailable_reason
+from swinv2_serve.tensorrt_build import TensorRTOptions, build_verified, default_plan_path, resolve_strongly_typed
 
 REPO = Path(__file__).resolve().parents[1]
 TRT_REASON = tensorrt_unavailable_reason()
@@ -73,11 +71,11 @@ def test_batch_profile_rejects(args, message) -> None:
 
 # -- precision / typing ---------------------------------------------------------------------------------------
 def test_precision_checks() -> None:
-    assert tensorrt_build.check_precision("fp16") == "fp16"
+    assert tensorrt_build.check_engine_precision("fp16") == "fp16"
     with pytest.raises(SwinV2ServeError, match="int8 is not supported.*calibration"):
-        tensorrt_build.check_precision("int8")
-    with pytest.raises(SwinV2ServeError, match="unknown precision 'bf16'"):
-        tensorrt_build.check_precision("bf16")
+        tensorrt_build.check_engine_precision("int8")
+    with pytest.raises(SwinV2ServeError, match="tensorrt runs fp32 / fp16, not bf16"):
+        tensorrt_build.check_engine_precision("bf16")
 
 
 def test_strongly_typed_resolution() -> None:
@@ -104,8 +102,7 @@ def make_info(**changes) -> EngineInfo:
         inputs=(TensorSpec("input", (-1, 3, 256, 256), "float32"),),
         outputs=(TensorSpec("logits", (-1, 1000), "float32"), TensorSpec("probs", (-1, 1000), "float32")),
         flags={"strongly_typed": True, "version_compatible": False, "hardware_compatibility_level": "NONE"},
-        metadata={"model": "swinv2_tiny_window8_256", "img_size": [256, 256], "num_classes": 1000,
-                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        metadata=resolve_config("swinv2_tiny_window8_256").metadata(fp16=True, opset=17),
         onnx_sha256="ab" * 32,
         build_seconds=12.5,
     )
@@ -188,33 +185,25 @@ def test_bad_compute_capability() -> None:
 
 
 # -- verification logic (pure numpy, and real runtimes: ONNX Runtime vs torch) --------------------------------
-def test_compare_and_check_verification() -> None:
-    ref = {"logits": np.array([[1.0, 5.0], [3.0, 0.0]], np.float32), "probs": np.zeros((2, 2), np.float32)}
-    close = {"logits": ref["logits"] + 0.01, "probs": ref["probs"]}
-    result = compare_outputs(ref, close)
-    assert result["top1_agreement"] == 1.0 and result["max_abs_diff"] == pytest.approx(0.01, abs=1e-6)
-    assert result["reference_scale"] == 5.0 and result["count"] == 2
-    check_verification(result, Tolerance(atol=0.0, rtol=0.01, min_top1=1.0))  # 0.01 <= 0.05
-    flipped = {"logits": ref["logits"][:, ::-1].copy(), "probs": ref["probs"]}
-    with pytest.raises(ExportError, match=r"x.plan disagrees.*top-1 agreement 0.000 < 0.95.*refusing to write"):
-        check_verification(compare_outputs(ref, flipped), Tolerance(atol=10.0, rtol=0, min_top1=0.95), "x.plan")
-    with pytest.raises(ExportError, match=r"max \|logits diff\| 0.01 > 0.001"):
-        check_verification(result, Tolerance(atol=1e-3, rtol=0, min_top1=0.5))
-
-
 def test_verify_runtime_with_real_backends(photo_paths, tmp_path) -> None:
     from swinv2_serve.onnx_export import export_onnx
-    from swinv2_serve.preprocess import Preprocess
     from swinv2_serve.runtime import OnnxRuntime, TorchRuntime
 
     model = perturb_(create_model("swinv2_nano_window4_64")).eval()
     export_onnx(model, tmp_path / "nano.onnx", verify=False)
     reference = OnnxRuntime(tmp_path / "nano.onnx")
-    result = tensorrt_build.verify_runtime(TorchRuntime(model, max_batch=3), reference,
-                                           Preprocess.from_metadata(reference.metadata), photo_paths, random_inputs=4)
-    assert result["details"]["photos"]["count"] == len(photo_paths) and result["details"]["random"]["count"] == 4
-    assert result["max_abs_diff"] < 1e-4 and result["top1_agreement"] == 1.0
-    check_verification(result, tensorrt_build.DEFAULT_TOLERANCE["fp32"])
+    tolerance = tensorrt_build.DEFAULT_TOLERANCE["fp32"]
+    result = tensorrt_build.verify_runtime(TorchRuntime(model, max_batch=3), reference, tolerance,
+                                           [*photo_paths, tmp_path / "missing.jpg"], random_inputs=4)
+    assert result.photos is not None and result.random is not None and result.passed
+    assert result.photos.comparison.samples == len(photo_paths)  # the unreadable file is skipped, not fatal
+    assert result.random.comparison.samples == 4
+    assert result.decisive is result.photos and result.photos.comparison.top1_agreement == 1.0
+    assert max(v.comparison.max_abs_diff for v in (result.photos, result.random)) < 1e-4
+    strict = tensorrt_build.verify_runtime(TorchRuntime(model, precision="bf16", max_batch=3), reference,
+                                           dataclasses.replace(tolerance, atol=1e-6, rtol=0.0), photo_paths,
+                                           random_inputs=2)
+    assert not strict.passed and "max |logit diff|" in strict.decisive.failures[0]  # bf16 is not within 1e-6
 
 
 # -- CLI options ------------------------------------------------------------------------------------------------
@@ -228,7 +217,7 @@ def test_cli_defaults() -> None:
     opts = tensorrt_options_from_args(parser().parse_args([]))
     assert opts.precision == "fp16" and opts.profile == BatchProfile(1, 16, 32)
     assert opts.workspace_gib == 4.0 and opts.strongly_typed is None and not opts.version_compatible
-    assert opts.tolerance == tensorrt_build.DEFAULT_TOLERANCE["fp16"]
+    assert opts.bounds == tensorrt_build.DEFAULT_TOLERANCE["fp16"]
     argv = ("--precision FP32 --min-batch 2 --opt-batch 4 --max-batch 8 --workspace-gib 1.5 --timing-cache t.cache "
             "--version-compatible --hardware-compatible --no-strongly-typed --min-top1 0.5 --max-abs-diff-rtol 0.2")
     opts = tensorrt_options_from_args(parser().parse_args(argv.split(" ")))
@@ -242,6 +231,7 @@ def test_cli_defaults() -> None:
     [
         ("--precision int8", "int8 is not supported .it needs a calibration set.: use fp16 or fp32"),
         ("--precision tf32", "unknown precision 'tf32'"),
+        ("--precision bf16", "tensorrt runs fp32 / fp16, not bf16"),
         ("--max-batch 0", "--max-batch: must be >= 1, got 0"),
         ("--min-batch two", "--min-batch: expected a whole number, got 'two'"),
         ("--workspace-gib -1", "--workspace-gib: must be > 0"),
@@ -273,19 +263,19 @@ def test_default_plan_path() -> None:
     assert default_plan_path("out/nano_256.fp16.onnx", "fp16") == Path("out/nano_256.fp16.plan")
 
 
-def test_build_from_args_without_tensorrt_says_where_to_run(tmp_path) -> None:
+def test_build_without_tensorrt_says_where_to_run(tmp_path) -> None:
     if TRT_REASON is None:
         pytest.skip("TensorRT and a GPU are available here")
     bad = parser().parse_args(["--min-batch", "8", "--max-batch", "4"])
     with pytest.raises(SwinV2ServeError, match="max batch 4 is smaller"):  # argument errors come first
-        tensorrt_build.build_from_args(tmp_path / "m.onnx", bad)
+        tensorrt_options_from_args(bad)
     with pytest.raises(BackendUnavailableError, match=r"nvcr.io/nvidia/tensorrt:<release>-py3 with --gpus all"):
-        tensorrt_build.build_from_args(tmp_path / "m.onnx", parser().parse_args([]))
+        build_verified(tmp_path / "m.onnx", tmp_path / "m.plan", tensorrt_options_from_args(parser().parse_args([])))
     assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_gpu_info_without_gpu() -> None:
-    from swinv2_serve.cuda_utils import gpu_info
+    from swinv2_serve.runtime.cuda import gpu_info
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
@@ -293,39 +283,61 @@ def test_gpu_info_without_gpu() -> None:
         gpu_info()
 
 
-# -- no TensorRT 8 API -----------------------------------------------------------------------------------------
+# -- no TensorRT 8 API, the TensorRT 10 one (read from the parsed code: names in comments or strings do not count)
 DEPRECATED = {
-    r"\.build_engine\(": "builder.build_engine (use build_serialized_network)",
-    r"max_workspace_size": "max_workspace_size (use set_memory_pool_limit)",
-    r"get_binding_|binding_is_input|num_bindings|\bbindings\s*=": "binding indices (use the name-based tensor API)",
-    r"execute_async_v2|execute_v2\b|\.execute\(": "execute_v2/execute_async_v2 (use execute_async_v3)",
-    r"EXPLICIT_BATCH": "NetworkDefinitionCreationFlag.EXPLICIT_BATCH (the only mode in TensorRT 10)",
-    r"max_batch_size": "implicit batch (use an optimisation profile)",
-    r"set_binding_shape|set_shape_input": "binding shapes (use context.set_input_shape)",
+    "build_engine": "builder.build_engine (use build_serialized_network)",
+    "max_workspace_size": "max_workspace_size (use set_memory_pool_limit)",
+    "get_binding_index": "binding indices (use the name-based tensor API)",
+    "get_binding_shape": "binding indices (use the name-based tensor API)",
+    "binding_is_input": "binding indices (use the name-based tensor API)",
+    "num_bindings": "binding indices (use the name-based tensor API)",
+    "execute_async_v2": "execute_async_v2 (use execute_async_v3)",
+    "execute_v2": "execute_v2 (use execute_async_v3)",
+    "execute": "execute (use execute_async_v3)",
+    "EXPLICIT_BATCH": "NetworkDefinitionCreationFlag.EXPLICIT_BATCH (the only mode in TensorRT 10)",
+    "max_batch_size": "implicit batch (use an optimisation profile)",
+    "set_binding_shape": "binding shapes (use context.set_input_shape)",
+    "set_shape_input": "binding shapes (use context.set_input_shape)",
 }
-TRT_SOURCES = ["swinv2_serve/tensorrt_build.py", "swinv2_serve/runtime.py", "swinv2_serve/cuda_utils.py",
-               "export/build_all.py"]
+TRT_SOURCES = ["swinv2_serve/tensorrt_build.py", "swinv2_serve/runtime/tensorrt_backend.py",
+               "swinv2_serve/runtime/engine.py", "swinv2_serve/runtime/cuda.py", "export/build_all.py"]
+
+
+def attributes_used(source: str) -> dict[str, int]:
+    """Attribute names the code reads (``x.name`` and ``getattr(x, "name")``) -> first line."""
+    used: dict[str, int] = {}
+    for node in ast.walk(ast.parse((REPO / source).read_text())):
+        if isinstance(node, ast.Attribute):
+            used.setdefault(node.attr, node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+              and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)):
+            used.setdefault(str(node.args[1].value), node.lineno)
+    return used
+
+
+def test_attributes_used_reads_code_not_text(tmp_path) -> None:
+    source = tmp_path / "probe.py"
+    source.write_text('# context.execute_v2(b)\nx = "builder.build_engine"\ncontext.execute_async_v3(s)\n'
+                      'getattr(trt, "IProgressMonitor")\n')
+    used = attributes_used(str(source))
+    assert used == {"execute_async_v3": 3, "IProgressMonitor": 4}
 
 
 @pytest.mark.parametrize("source", TRT_SOURCES)
 def test_no_deprecated_tensorrt8_calls(source) -> None:
-    path = REPO / source
-    if not path.is_file():
-        pytest.skip(f"{source} not present")
-    text = path.read_text()
-    found = [f"{what}: line {text[:m.start()].count(chr(10)) + 1}"
-             for pattern, what in DEPRECATED.items() for m in re.finditer(pattern, text)]
+    used = attributes_used(source)
+    found = [f"{what}: line {used[name]}" for name, what in DEPRECATED.items() if name in used]
     assert not found, f"{source} uses TensorRT 8 API: {found}"
 
 
 def test_tensorrt10_api_is_used() -> None:
-    text = (REPO / "swinv2_serve/tensorrt_build.py").read_text() + (REPO / "swinv2_serve/runtime.py").read_text()
+    used = {name for source in TRT_SOURCES for name in attributes_used(source)}
     for call in ("build_serialized_network", "set_memory_pool_limit", "create_optimization_profile",
-                 "parser.get_error", "execute_async_v3", "set_input_shape", "set_tensor_address",
+                 "get_error", "execute_async_v3", "set_input_shape", "set_tensor_address",
                  "get_tensor_name", "num_io_tensors", "STRONGLY_TYPED", "OBEY_PRECISION_CONSTRAINTS",
-                 "set_timing_cache", "VERSION_COMPATIBLE", "HardwareCompatibilityLevel.AMPERE_PLUS",
-                 "IProgressMonitor"):
-        assert call in text, call
+                 "set_timing_cache", "VERSION_COMPATIBLE", "AMPERE_PLUS", "IProgressMonitor",
+                 "deserialize_cuda_engine", "get_tensor_profile_shape"):
+        assert call in used, call
 
 
 # -- real engines (TensorRT 10 + GPU) --------------------------------------------------------------------------
@@ -354,8 +366,8 @@ def test_build_and_run_engine(nano_onnx_pair, photo_paths, tmp_path, which, prec
     assert plan.is_file() and cache.is_file() and read_sidecar(plan) == info
     assert info.flags["strongly_typed"] is typed and info.batch_profile == BatchProfile(1, 4, 8)
     assert [t.name for t in info.inputs] == ["input"] and {t.name for t in info.outputs} == {"logits", "probs"}
-    result = tensorrt_build.verify_engine(plan, onnx_path, photo_paths)
-    check_verification(result, tensorrt_build.DEFAULT_TOLERANCE[precision])
+    result = tensorrt_build.verify_engine(plan, onnx_path, tensorrt_build.DEFAULT_TOLERANCE[precision], photo_paths)
+    assert result.passed, [v.summary() for v in (result.photos, result.random) if v is not None]
     with load(plan) as rt:
         assert isinstance(rt, TensorRTRuntime) and rt.max_batch == 8
         for batch in (1, 3, 8):
@@ -367,15 +379,15 @@ def test_build_and_run_engine(nano_onnx_pair, photo_paths, tmp_path, which, prec
 
 @pytest.mark.gpu
 @needs_trt
-def test_build_from_args_refuses_a_failing_engine(nano_onnx_pair, photo_paths, tmp_path) -> None:
+def test_build_verified_refuses_a_failing_engine(nano_onnx_pair, photo_paths, tmp_path) -> None:
     onnx_path = nano_onnx_pair[1]
     args = parser().parse_args(["--max-batch", "4", "--max-abs-diff-rtol", "1e-12"])  # fp16 never meets this
     plan = tmp_path / "nano.fp16.plan"
     with pytest.raises(ExportError, match="refusing to write"):
-        tensorrt_build.build_from_args(onnx_path, args, photo_paths, plan_path=plan)
+        build_verified(onnx_path, plan, tensorrt_options_from_args(args), photo_paths)
     assert not list(tmp_path.iterdir())
-    info = tensorrt_build.build_from_args(onnx_path, parser().parse_args(["--max-batch", "4"]), photo_paths, plan)
-    assert plan.is_file() and info.verification["top1_agreement"] >= 0.95
+    info = build_verified(onnx_path, plan, TensorRTOptions(profile=BatchProfile(1, 2, 4)), photo_paths)
+    assert plan.is_file() and info.verification["photos"]["top1_agreement"] >= 0.95
 
 
 @pytest.mark.gpu
@@ -428,7 +440,7 @@ def test_recipe_targets_are_valid() -> None:
         ('name = "a"\nmodel = "swinv2_tiny_window8_256"\ncheckpoint = "random"\nresolutions = [256]\n'
          'windows = { "384" = 12 }', "windows names resolution 384"),
         ('name = "a"\nmodel = "swinv2_tiny_window8_256"\ncheckpoint = "random"\nresolutions = [256]\n'
-         'precisions = ["int8"]', "precision 'int8' is not one of"),
+         'precisions = ["int8"]', "precision int8 is not supported"),
         ('name = "a"\nmodel = "swinv2_tiny_window8_256"\ncheckpoint = "random"\nresolutions = [256]\n'
          "min_batch = 8\nmax_batch = 4", "max batch 4 is smaller than min batch 8"),
         ('name = "A b"\nmodel = "swinv2_tiny_window8_256"\ncheckpoint = "random"\nresolutions = [256]',

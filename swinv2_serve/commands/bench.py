@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..bench import BACKENDS, COMPARE, PRECISIONS, BenchConfig
+from ..bench import BACKENDS, COMPARE, BenchConfig, load_report, markdown_report, run_bench, write_report
+from ..contract import PRECISIONS
 from ..errors import SwinV2ServeError
 
 
@@ -84,8 +85,6 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import load_report, markdown_report, run_bench, write_report
-
     if args.render is not None:
         if not args.render.is_file():
             raise SwinV2ServeError(f"{args.render}: no such results.json")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..client import Classifier
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
@@ -17,8 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..client import Classifier
-
     url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
     with Classifier(url, args.protocol, args.model, server_preprocess=args.server_preprocess,
                     timeout=args.timeout) as classifier:

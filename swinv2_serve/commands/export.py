@@ -3,18 +3,27 @@
     swinv2-serve export --model swinv2_tiny_window8_256 --checkpoint ms.pth --img-size 256 384 512 --output out/
     swinv2-serve export --checkpoint runs/digits/checkpoint.pt --img-size 64 96 --output out/ --repository repo/
 
-Window per resolution: ``--window-size`` if given, else the model's own window at its own resolution
-and the window scaled with the image elsewhere (8 @ 256 -> 16 @ 512, i.e. img/32 for the window-8
-models), which keeps the window-to-feature-map ratio the model was trained with.
+Window per resolution: ``--window-size`` if given, else the library's rule (``resolve_config``): the model's
+own window at its own resolution, scaled with the image elsewhere (8 @ 256 -> 16 @ 512).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from ..config import window_for
-from ..errors import SwinV2ServeError
+from tqdm import tqdm
+
+from ..checkpoint import load_or_create
+from ..onnx_export import ExportResult, export_onnx
+from ..preprocess import image_files
+from ..repository import write_repository
+from ..runtime.tensorrt_backend import require_tensorrt
+from ..tensorrt_build import build_verified
+from ._tensorrt_options import add_tensorrt_arguments, tensorrt_options_from_args
+
+DEFAULT_IMAGES = Path(__file__).resolve().parents[2].parent / "shared" / "images"  # a checkout beside ../shared
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,92 +45,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--repository", type=Path, help="also write a Triton model repository here")
     out.add_argument("--name", help="served model name in the repository (default: the model name)")
     out.add_argument("--repository-kind", choices=["cpu", "gpu"], default="gpu")
-    from ..tensorrt_build import add_tensorrt_arguments
-
     add_tensorrt_arguments(parser)
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202
-    from ..checkpoint import load_checkpoint, load_model
-    from ..model import create_model
-
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        raise SwinV2ServeError(f"checkpoint {args.checkpoint} not found")
-    if args.model is None:
-        if args.checkpoint is None:
-            raise SwinV2ServeError("give --model NAME and/or --checkpoint PATH")
-        return load_model(args.checkpoint)
-    try:
-        model = create_model(args.model, num_classes=args.num_classes)
-    except ValueError as exc:
-        raise SwinV2ServeError(str(exc)) from None
+def run(args: argparse.Namespace) -> int:
+    trt_opts = tensorrt_options_from_args(args) if "trt" in args.format else None  # argument errors first
+    if trt_opts is not None:
+        require_tensorrt()
+    model = load_or_create(args.model, args.checkpoint, num_classes=args.num_classes)
     if args.checkpoint is None:
         print(f"note: no --checkpoint: exporting {args.model} with random weights (fine for benchmarks only)")
-    else:
-        load_checkpoint(model, args.checkpoint)
-    return model.eval()
-
-
-def _default_images(args: argparse.Namespace) -> list[Path]:
-    folder = args.images or Path(__file__).resolve().parents[2].parent / "shared" / "images"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"} and "bad" not in p.name)
-
-
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ..onnx_export import export_onnx
-
-    model = _load(args)
     cfg = model.cfg
     sizes = args.img_size or [cfg.img_size[0]]
-    native_img, native_window = cfg.img_size[0], cfg.window_size[0]
+    folder = args.images or DEFAULT_IMAGES
+    images = image_files(folder, recursive=False) if folder.is_dir() else []  # unreadable ones are skipped
     args.output.mkdir(parents=True, exist_ok=True)
-    want_trt = "trt" in args.format
-    trt_opts = None
-    if want_trt:
-        from ..tensorrt_build import require_tensorrt, tensorrt_options_from_args
-
-        trt_opts = tensorrt_options_from_args(args)  # argument errors before any slow work
-        require_tensorrt()
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     artefacts: list[tuple[int, Path, Path | None]] = []
     bar = tqdm(sizes, desc="export", unit="res")
     for img in bar:
-        window = args.window_size or window_for(native_img, native_window, img)
+        geometry = {"img_size": img, "window_size": args.window_size}
         stem = f"{cfg.name}_{img}"
-        bar.set_postfix_str(f"{img}px window {window}: ONNX")
-        kwargs = {} if (img == native_img and window == native_window) else {"img_size": img, "window_size": window}
-        try:
-            result = export_onnx(model, args.output / f"{stem}.onnx", opset=args.opset, verify=not args.no_verify,
-                                 **kwargs)
-        except ValueError as exc:
-            raise SwinV2ServeError(str(exc)) from None
-        rows.append({"file": result.path.name, **_row(result)})
+        bar.set_postfix_str(f"{img}px: ONNX")
+        result = export_onnx(model, args.output / f"{stem}.onnx", opset=args.opset, verify=not args.no_verify,
+                             **geometry)
+        rows.append(_row(result))
         fp16_path = None
-        if args.onnx_fp16 or (want_trt and args.precision == "fp16"):
-            bar.set_postfix_str(f"{img}px window {window}: FP16 ONNX")
+        if args.onnx_fp16 or (trt_opts is not None and trt_opts.precision == "fp16"):
+            bar.set_postfix_str(f"{img}px: FP16 ONNX")
             half = export_onnx(model, args.output / f"{stem}.fp16.onnx", opset=args.opset, fp16=True,
-                               verify=not args.no_verify, **kwargs)
-            rows.append({"file": half.path.name, **_row(half)})
+                               verify=not args.no_verify, **geometry)
+            rows.append(_row(half))
             fp16_path = half.path
         plan = None
         if trt_opts is not None:
-            from ..tensorrt_build import build_verified
-
-            bar.set_postfix_str(f"{img}px window {window}: TensorRT {trt_opts.precision}")
+            bar.set_postfix_str(f"{img}px: TensorRT {trt_opts.precision}")
             source = fp16_path if (trt_opts.precision == "fp16" and fp16_path) else result.path
             plan = args.output / f"{stem}.{trt_opts.precision}.plan"
             # the engine is checked against the FP32 ONNX: its whole error against the real model
-            build_verified(source, plan, trt_opts, _default_images(args), reference_onnx=result.path)
+            build_verified(source, plan, trt_opts, images, reference_onnx=result.path)
             rows.append({"file": plan.name, "nodes": "-", "size_mb": round(plan.stat().st_size / 2**20, 1)})
         artefacts.append((img, result.path, plan))
     _print_table(rows)
     if args.repository is not None:
-        from ..repository import write_repository
-
         name = args.name or cfg.name
         for img, onnx_path, plan in artefacts:
             served = name if len(artefacts) == 1 else f"{name}_{img}"
@@ -131,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(result) -> dict:  # noqa: ANN001 - ExportResult
+def _row(result: ExportResult) -> dict[str, Any]:
     return {
+        "file": result.path.name,
         "window": "/".join(str(w) for w in result.window_sizes),
         "nodes": result.nodes,
         "size_mb": round(result.size_bytes / 2**20, 1),
@@ -142,7 +109,7 @@ def _row(result) -> dict:  # noqa: ANN001 - ExportResult
     }
 
 
-def _print_table(rows: list[dict]) -> None:
+def _print_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     columns = list(dict.fromkeys(k for row in rows for k in row))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..openvino_int8 import DEFAULT_CALIBRATION, DEFAULT_CHECK, OVERFLOW_FIX
+from ..openvino_int8 import DEFAULT_CALIBRATION, DEFAULT_CHECK, OVERFLOW_FIX, quantize_int8, require_nncf
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..openvino_int8 import quantize_int8, require_nncf
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     require_nncf().set_log_level(logging.WARNING)  # its INFO lists every node it leaves alone
     result = quantize_int8(args.onnx, args.images, args.output, calibration=args.calibration, check=args.check,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..openvino_int8 import OVERFLOW_FIX
+from ..repository import OpenVINOOptions, write_repository
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..repository import OpenVINOOptions, write_repository
-
     openvino = OpenVINOOptions(precision=args.precision, threads=args.threads, hint=args.hint,
                                calibration=args.calibration, fidelity_images=args.fidelity_images,
                                fidelity=args.fidelity, overflow_fix=args.overflow_fix)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..runtime import BACKENDS
+from ..contract import RUNTIME_BACKENDS
+from ..server import ServerConfig, interrupt_on_sigterm, serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--onnx", metavar="PATH",
                         help="exported model (.onnx; OpenVINO .xml, e.g. from `quantize`; .plan/.pt with --backend)")
     source.add_argument("--repository", metavar="DIR", help="a repository written by `swinv2-serve repository`")
-    parser.add_argument("--backend", choices=list(BACKENDS), help="runtime (default: from the file suffix)")
+    parser.add_argument("--backend", choices=RUNTIME_BACKENDS, help="runtime (default: from the file suffix)")
     parser.add_argument("--precision", help="runtime precision where the backend has a choice (fp32, fp16, bf16; "
                                             "an int8 IR runs int8)")
     parser.add_argument("--fidelity", choices=["refuse", "warn", "off"],
@@ -34,8 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..server import ServerConfig, interrupt_on_sigterm, serve
-
     interrupt_on_sigterm()
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -11,6 +11,9 @@ import os
 from pathlib import Path
 
 from ..errors import SwinV2ServeError
+from ..train.digits import run_digits_demo
+from ..train.finetune import TrainConfig, run_finetune
+from ..train.simmim import SimMIMConfig, run_simmim
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,8 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace):  # noqa: ANN202
-    from ..train.finetune import TrainConfig
-
     return TrainConfig(
         output=args.output, data=args.data, model=args.model, checkpoint=args.checkpoint, new_head=args.new_head,
         epochs=args.epochs or 30, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -72,12 +73,8 @@ def _config(args: argparse.Namespace):  # noqa: ANN202
 
 def run(args: argparse.Namespace) -> int:
     if args.demo == "digits":
-        from ..train.digits import run_digits_demo
-
         metrics = run_digits_demo(args.output, epochs=args.epochs, progress=not args.no_progress, seed=args.seed)
     elif args.simmim:
-        from ..train.simmim import SimMIMConfig, run_simmim
-
         if args.data is None:
             raise SwinV2ServeError("--simmim needs --data DIR (images in class sub-folders; labels are ignored)")
         cfg = _config(args)
@@ -85,8 +82,6 @@ def run(args: argparse.Namespace) -> int:
         metrics = run_simmim(cfg, SimMIMConfig(mask_ratio=args.mask_ratio, mask_patch_size=args.mask_patch_size,
                                                norm_target=args.norm_target))
     else:
-        from ..train.finetune import run_finetune
-
         metrics = run_finetune(_config(args))
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the main rank reports
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=2))

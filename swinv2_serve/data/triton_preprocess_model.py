@@ -11,10 +11,9 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from swinv2_serve.contract import IMAGE_INPUT, METADATA_KEY, ExportMetadata
 from swinv2_serve.errors import ImageDecodeError
 from swinv2_serve.preprocess import Preprocess
-
-METADATA_KEY = "swinv2_serve"
 
 
 class TritonPythonModel:
@@ -23,11 +22,12 @@ class TritonPythonModel:
         parameter = config.get("parameters", {}).get(METADATA_KEY)
         if not parameter:
             raise pb_utils.TritonModelException(f"config.pbtxt has no '{METADATA_KEY}' parameter: regenerate it")
-        self.preprocess = Preprocess.from_metadata(json.loads(parameter["string_value"]))
+        metadata = ExportMetadata.from_json(parameter["string_value"], args["model_name"])
+        self.preprocess = Preprocess.from_metadata(metadata)
         self.output_name = config["output"][0]["name"]
 
     def _one(self, request):
-        images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+        images = pb_utils.get_input_tensor_by_name(request, IMAGE_INPUT).as_numpy().reshape(-1)
         arrays = []
         for i, data in enumerate(images):
             raw = data if isinstance(data, bytes) else bytes(data)

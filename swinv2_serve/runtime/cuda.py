@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError, SwinV2ServeError
+from ..errors import BackendUnavailableError, SwinV2ServeError
 
 
 class CudaError(SwinV2ServeError, RuntimeError):
@@ -35,7 +35,7 @@ def cudart() -> ModuleType:
     return runtime
 
 
-def _check(result: Any, call: str) -> Any:
+def check(result: Any, call: str) -> Any:
     rt = cudart()
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != rt.cudaError_t.cudaSuccess:
@@ -68,7 +68,7 @@ def gpu_info(device: int = 0) -> GpuInfo:
         raise BackendUnavailableError(f"no CUDA GPU visible: {why if count is None or err else 'device count is 0'}")
     if device >= count:
         raise BackendUnavailableError(f"CUDA device {device} requested, only {count} visible")
-    props = _check(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    props = check(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     return GpuInfo(name=name.rstrip("\x00").strip(), compute_capability=(int(props.major), int(props.minor)),
                    total_memory=int(props.totalGlobalMem))
@@ -78,14 +78,14 @@ class Stream:
     """One CUDA stream (the runtime enqueues copies and inference on it, then synchronises)."""
 
     def __init__(self) -> None:
-        self.handle = _check(cudart().cudaStreamCreate(), "cudaStreamCreate")
+        self.handle = check(cudart().cudaStreamCreate(), "cudaStreamCreate")
 
     @property
     def ptr(self) -> int:
         return int(self.handle)
 
     def synchronize(self) -> None:
-        _check(cudart().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
+        check(cudart().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
 
     def close(self) -> None:
         if self.handle is not None:
@@ -98,7 +98,7 @@ class DeviceBuffer:
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = int(nbytes)
-        self.ptr = int(_check(cudart().cudaMalloc(max(self.nbytes, 1)), "cudaMalloc"))
+        self.ptr = int(check(cudart().cudaMalloc(max(self.nbytes, 1)), "cudaMalloc"))
 
     def close(self) -> None:
         if self.ptr:
@@ -113,7 +113,7 @@ class PinnedBuffer:
         self.dtype = np.dtype(dtype)
         self.shape = tuple(int(s) for s in shape)
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-        self.ptr = int(_check(cudart().cudaMallocHost(max(self.nbytes, 1)), "cudaMallocHost"))
+        self.ptr = int(check(cudart().cudaMallocHost(max(self.nbytes, 1)), "cudaMallocHost"))
         raw = (ctypes.c_byte * max(self.nbytes, 1)).from_address(self.ptr)
         self.array = np.frombuffer(raw, dtype=self.dtype, count=int(np.prod(self.shape))).reshape(self.shape)
 
@@ -127,10 +127,10 @@ class PinnedBuffer:
 def copy_to_device(dst: DeviceBuffer, src: PinnedBuffer, nbytes: int, stream: Stream) -> None:
     rt = cudart()
     kind = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-    _check(rt.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, kind, stream.handle), "cudaMemcpyAsync(H2D)")
+    check(rt.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, kind, stream.handle), "cudaMemcpyAsync(H2D)")
 
 
 def copy_to_host(dst: PinnedBuffer, src: DeviceBuffer, nbytes: int, stream: Stream) -> None:
     rt = cudart()
     kind = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-    _check(rt.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, kind, stream.handle), "cudaMemcpyAsync(D2H)")
+    check(rt.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, kind, stream.handle), "cudaMemcpyAsync(D2H)")

@@ -32,8 +32,7 @@ RUN pip install --no-cache-dir "numpy<2" "pillow>=10" \
     && pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
     && rm -rf /tmp/wheels
 COPY docker/entrypoint.sh /usr/local/bin/swinv2-serve-entrypoint
-ENV MODEL_REPOSITORY=/models \
-    TRT_PRECISION=fp16
+ENV MODEL_REPOSITORY=/models
 VOLUME ["/models"]
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s \

@@ -68,6 +68,11 @@ def gpu_names() -> str | None:
     return None
 
 
+def nvidia_driver_present() -> bool:
+    """Whether an NVIDIA driver is loaded here (cheap: no CUDA library is initialised)."""
+    return Path("/proc/driver/nvidia/gpus").is_dir() or shutil.which("nvidia-smi") is not None
+
+
 def library_version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)

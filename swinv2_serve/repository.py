@@ -34,6 +34,7 @@ from .contract import (
     model_names,
     read_onnx_metadata,
 )
+from .engine_at_start import recipe_for, write_recipe
 from .errors import BackendUnavailableError, SwinV2ServeError
 from .labels import labels_for, labels_text
 from .openvino_int8 import quantize_int8
@@ -96,7 +97,7 @@ def metadata_parameter(metadata: ExportMetadata, labels: Sequence[str]) -> str:
     return metadata.with_labels(labels).to_json()
 
 
-def _schema() -> Any:
+def model_config_schema() -> Any:
     """Triton's own ``ModelConfig`` protobuf module (shipped with tritonclient: the [serve]/[client] extra)."""
     try:
         from tritonclient.grpc import model_config_pb2
@@ -111,7 +112,7 @@ def set_parameter(config: mc.ModelConfig, key: str, value: str) -> None:
 
 
 def _fp32(name: str, dims: Sequence[int], label_filename: str | None = None) -> mc.ModelOutput:
-    mc = _schema()
+    mc = model_config_schema()
     out = mc.ModelOutput(name=name, data_type=mc.TYPE_FP32, dims=list(dims))
     if label_filename:
         out.label_filename = label_filename
@@ -146,7 +147,7 @@ def parse_config(text: str) -> mc.ModelConfig:
     from google.protobuf import text_format
 
     try:
-        return text_format.Parse(text, _schema().ModelConfig())
+        return text_format.Parse(text, model_config_schema().ModelConfig())
     except text_format.ParseError as exc:
         raise SwinV2ServeError(f"invalid Triton model config: {exc}") from None
 
@@ -173,6 +174,7 @@ class OpenVINOOptions:
     fidelity: str = "refuse"  # bf16/int8 below the threshold: refuse, or "warn" and write it anyway
     fidelity_threshold: float = FIDELITY_THRESHOLD  # top-1 agreement with fp32
     overflow_fix: str = "auto"  # int8: NNCF's overflow fix (openvino_int8.OVERFLOW_FIX)
+    max_accuracy_drop: float | None = None  # int8: refuse a larger top-1 loss against labelled calibration folders
 
     def parameters(self) -> dict[str, str]:
         params = {"PERFORMANCE_HINT": self.hint.upper()}
@@ -199,7 +201,7 @@ def tensor_config(
     openvino: OpenVINOOptions | None = None,
 ) -> mc.ModelConfig:
     """NAME: input FP32 [3, H, W] -> logits, probs [C] (onnxruntime_onnx, tensorrt_plan, or backend openvino)."""
-    mc = _schema()
+    mc = model_config_schema()
     dims = list(metadata.input_shape)
     if platform == "openvino":
         config = mc.ModelConfig(name=name, backend="openvino", max_batch_size=batching.max_batch,
@@ -215,7 +217,10 @@ def tensor_config(
     config.instance_group.append(mc.ModelInstanceGroup(count=batching.instances, kind=device))
     if platform == "onnxruntime_onnx" and kind == "gpu":
         trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-        trt.parameters["precision_mode"] = "FP16"
+        # FP32: ONNX Runtime's TensorRT provider with FP16 on our fp32 ONNX would be free to run the normalisations,
+        # scale, bias and softmax in FP16 as well (FP16 overflow in Swin attention is a reported failure); fp16
+        # is the tensorrt_plan path, whose engines keep those FP32 islands (export --format trt, engine_at_start)
+        trt.parameters["precision_mode"] = "FP32"
         trt.parameters["max_workspace_size_bytes"] = str(1 << 30)
         trt.parameters["trt_engine_cache_enable"] = "1"
         trt.parameters["trt_engine_cache_path"] = "/tmp/triton_trt_cache"
@@ -237,7 +242,7 @@ def preprocess_config(
     No dynamic batching on purpose: Triton then hands the model one request per execute, so a bad image
     fails its own request and nothing else.
     """
-    mc = _schema()
+    mc = model_config_schema()
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=batching.max_batch)
     config.input.append(mc.ModelInput(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
     config.output.append(_fp32(INPUT_NAME, metadata.input_shape))
@@ -253,7 +258,7 @@ def ensemble_config(
     *, max_batch: int,
 ) -> mc.ModelConfig:
     """NAME_image: image BYTES [1] -> NAME_preprocess -> NAME -> logits, probs [C] (labels attached)."""
-    mc = _schema()
+    mc = model_config_schema()
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch)
     config.input.append(mc.ModelInput(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
     add_outputs(config, metadata.num_classes)
@@ -286,19 +291,31 @@ def write_repository(
     preprocess_instances: int = 2,
     overwrite: bool = True,
     engine_at_start: bool = False,
+    engine_precision: str = "fp16",
     backend: str = "onnxruntime",
     openvino: OpenVINOOptions | None = None,
+    preferred_batch_sizes: Sequence[int] | None = None,
+    ir: str | os.PathLike | None = None,
 ) -> Repository:
     """Write NAME, NAME_preprocess and NAME_image under ``output``; returns the config paths.
 
-    ``engine_at_start``: a ``tensorrt_plan`` config with ``NAME/model.onnx`` beside it and no plan yet; the
-    container's entrypoint builds ``1/model.plan`` on its own GPU at start (see docker/entrypoint.sh).
+    ``engine_at_start``: a ``tensorrt_plan`` config with ``NAME/model.onnx`` and the build recipe
+    ``NAME/engine.json`` beside it and no plan yet; the container's entrypoint builds ``1/model.plan`` on its own
+    GPU at start (``swinv2-serve engine``, see ``engine_at_start``). ``engine_precision`` fp16 needs the fp16
+    export as ``onnx`` (its Casts keep the FP32 islands).
 
     ``backend="openvino"``: Triton's OpenVINO backend on CPU instances; the ONNX is converted to
     ``1/model.xml`` + ``model.bin`` (fp32 weights, metadata in rt_info). A bf16 precision is written only
     after the load-time fidelity check passes here (``OpenVINORuntime`` checks it on load), since Triton
     runs no such check; int8 is quantized here on ``openvino.calibration`` images and written only if it
     passes its check on held-out ones (``openvino_int8.quantize_int8``).
+
+    ``preferred_batch_sizes``: the dynamic batcher's preferred sizes (default: powers of two from 4 up to
+    ``max_batch``; ``optimize`` passes the ones its measured throughput curve says pay off).
+    ``ir``: with ``backend="openvino"``, an IR (``.xml`` + ``.bin``) that was already built and checked for
+    ``openvino.precision`` (``optimize`` checks every candidate on held-out images first): it is copied as
+    ``1/model.xml`` instead of converting (bf16: checking) or quantizing ``onnx`` again; ``onnx`` still
+    supplies the metadata.
     """
     if backend not in ("onnxruntime", "openvino"):
         raise SwinV2ServeError(f"--backend must be onnxruntime or openvino, got {backend!r}")
@@ -331,9 +348,12 @@ def write_repository(
         if kind == "cpu":
             raise SwinV2ServeError("TensorRT plans run on GPUs only: drop --kind cpu or pass --onnx without --plan")
     assert metadata is not None
+    if ir is not None and (backend != "openvino" or not Path(ir).with_suffix(".bin").is_file()):
+        raise SwinV2ServeError(f"ir={ir}: needs backend='openvino' and an existing IR (.xml with its .bin)")
     batching = BatchingOptions(
         max_batch=max_batch or 32, max_queue_delay_us=max_queue_delay_us, instances=instances,
         preprocess_instances=preprocess_instances,
+        preferred_batch_sizes=None if preferred_batch_sizes is None else tuple(preferred_batch_sizes),
     )
     names = labels_for(metadata, labels)
     tensor_name, pre_name, ens_name = model_names(name)
@@ -353,12 +373,16 @@ def write_repository(
         if engine_at_start:
             if plan is not None or onnx is None or kind != "gpu":
                 raise SwinV2ServeError("--engine-at-start needs --onnx, no --plan, and --kind gpu")
-            shutil.copyfile(onnx, tensor_dir / "model.onnx")
+            write_recipe(tensor_dir, onnx, recipe_for(onnx, engine_precision, batching.max_batch))
             platform = "tensorrt_plan"
         elif plan is not None:
             shutil.copyfile(plan, tensor_dir / "1" / "model.plan")
             shutil.copyfile(sidecar_path(plan), sidecar_path(tensor_dir / "1" / "model.plan"))
             platform = "tensorrt_plan"
+        elif backend == "openvino" and ir is not None:
+            shutil.copyfile(ir, tensor_dir / "1" / OPENVINO_MODEL_FILE)
+            shutil.copyfile(Path(ir).with_suffix(".bin"), (tensor_dir / "1" / OPENVINO_MODEL_FILE).with_suffix(".bin"))
+            platform = "openvino"
         elif backend == "openvino":
             options = openvino or OpenVINOOptions()
             _write_openvino_model(onnx, tensor_dir / "1" / OPENVINO_MODEL_FILE, options)  # type: ignore[arg-type]
@@ -398,7 +422,8 @@ def _write_openvino_model(onnx: str | os.PathLike, xml: Path, options: OpenVINOO
         if options.calibration is None:
             raise SwinV2ServeError("--precision int8 needs --calibration DIR: images like the ones you will serve")
         quantize_int8(onnx, options.calibration, xml, threads=options.threads, fidelity=options.fidelity,
-                      threshold=options.fidelity_threshold, overflow_fix=options.overflow_fix)
+                      threshold=options.fidelity_threshold, overflow_fix=options.overflow_fix,
+                      max_accuracy_drop=options.max_accuracy_drop)
         return
     if options.precision == "bf16":
         OpenVINORuntime(onnx, precision="bf16", threads=options.threads, fidelity=options.fidelity,

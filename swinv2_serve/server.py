@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
-import socket
-import sysconfig
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,7 +35,6 @@ from . import repository as repo
 from .contract import (
     GRPC_PORT,
     HTTP_PORT,
-    IMAGE_INPUT,
     INPUT_NAME,
     LABELS_FILE,
     METADATA_KEY,
@@ -44,12 +43,15 @@ from .contract import (
     ExportMetadata,
     model_names,
 )
-from .errors import ImageDecodeError, ServerError, SwinV2ServeError
+from .errors import ServerError, SwinV2ServeError
+from .host import check_ports_free, descendants, ensure_libpython_path, free_ports, kill
 from .labels import labels_for, labels_text
-from .preprocess import Preprocess
+from .machine import nvidia_driver_present
 from .runtime import Runtime, load
 
 LOGGER = logging.getLogger("swinv2_serve.server")
+READINESS_MODEL = "swinv2_serve_readiness"  # unloaded first on SIGTERM: /v2/health/ready turns false
+READINESS_OFF_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -62,11 +64,9 @@ class ServerConfig:
     metrics_port: int = METRICS_PORT
     max_batch: int = 32
     max_queue_delay_us: int = 2000
-    # One instance: PyTriton's extra instances fetch their config from instance 0's handshake socket and fail
-    # with "connection refused" when they race its bind/listen (seen on cold starts); images are still batched
-    # at NAME, only decoding is serial. (Generated repositories for NVIDIA's Triton keep two: no handshake.)
-    preprocess_instances: int = 1
-    exit_timeout_s: int = 5
+    preprocess_instances: int = 2  # python-backend instances decoding images (NAME_preprocess)
+    exit_timeout_s: int = 5  # tritonserver's own wait for requests in flight once it stops
+    drain_s: float = 2.0  # on SIGTERM: readiness off this long, still serving, before tritonserver stops
     log_file: str | None = None  # tritonserver's log; None: the console
     log_verbose: int = 0
 
@@ -87,48 +87,6 @@ class ServedModel:
         return self.runtime.metadata
 
 
-def ensure_libpython_path() -> None:
-    """Put this interpreter's LIBDIR first on LD_LIBRARY_PATH for tritonserver and its python stubs.
-
-    With a pyenv (or any non-system) Python the stub otherwise loads the system libpython and dies with
-    ``'_thread.RLock' object has no attribute '_recursion_count'``. tritonserver inherits our environment,
-    so setting it here, before PyTriton starts the server, is enough.
-    """
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if not libdir:
-        return
-    current = os.environ.get("LD_LIBRARY_PATH", "")
-    parts = [p for p in current.split(os.pathsep) if p]
-    if not parts or parts[0] != libdir:
-        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *[p for p in parts if p != libdir]])
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct free TCP ports on ``host`` (all held open together, so they differ)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-
-
-def check_ports_free(config: ServerConfig) -> None:
-    """A port already taken becomes one line naming it and the flag that changes it."""
-    seen: dict[int, str] = {}
-    for flag, port in config.ports.items():
-        if port in seen:
-            raise ServerError(f"{flag} {port} is the same as {seen[port]}: give each endpoint its own port")
-        seen[port] = flag
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((config.host, port))
-            except OSError as exc:
-                raise ServerError(
-                    f"port {port} on {config.host} is already in use ({exc.strerror}): "
-                    f"stop what is listening there or choose another with {flag}"
-                ) from None
-
-
 def find_repository_model(repository: str | os.PathLike, name: str) -> Path:
     """``--repository DIR``: the NAME model file in a repository written by ``swinv2-serve repository``."""
     model_dir = Path(repository) / name
@@ -141,6 +99,24 @@ def find_repository_model(repository: str | os.PathLike, name: str) -> Path:
             if (version / filename).is_file():
                 return version / filename
     raise ServerError(f"{model_dir} holds no <version>/model.onnx, model.plan or model.xml")
+
+
+def repository_runtime_options(model_file: Path) -> dict[str, Any]:
+    """What the model's ``config.pbtxt`` asks of its runtime, for the OpenVINO backend (bf16, threads, hint):
+    the embedded server runs an ``optimize``/``repository`` winner as NVIDIA's container would."""
+    config_path = model_file.parent.parent / "config.pbtxt"
+    if not config_path.is_file():
+        return {}
+    config = repo.parse_config(config_path.read_text(encoding="utf-8"))
+    if config.backend != "openvino":
+        return {}
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    options: dict[str, Any] = {"hint": params.get("PERFORMANCE_HINT", "LATENCY").lower()}
+    if params.get("HINT_BF16", "").upper() == "YES":
+        options["precision"] = "bf16"
+    if params.get("INFERENCE_NUM_THREADS", "").isdigit():
+        options["threads"] = int(params["INFERENCE_NUM_THREADS"])
+    return options
 
 
 def _repository_labels(model_file: Path) -> list[str] | None:
@@ -210,12 +186,12 @@ class EmbeddedServer:
     def start(self, timeout_s: float = 120.0) -> EmbeddedServer:
         if self._triton is not None:
             return self
-        check_ports_free(self.config)
+        check_ports_free(self.config.ports, self.config.host)
         ensure_libpython_path()
         runtime = load(self.model_path, self.backend, **self.runtime_options)
         self._model = ServedModel(runtime, labels_for(runtime.metadata, self._labels))
 
-        from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
+        from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy, TritonSecurityConfig
 
         cfg = self.config
         triton_config = TritonConfig(
@@ -224,9 +200,13 @@ class EmbeddedServer:
             allow_metrics=True, metrics_address=cfg.host, metrics_port=cfg.metrics_port,
             exit_timeout_secs=cfg.exit_timeout_s, log_verbose=cfg.log_verbose, log_file=cfg.log_file,
             strict_readiness=True,
+            # without an NVIDIA GPU, GPU metrics only make tritonserver print "Failed to initialize NVML"
+            allow_gpu_metrics=nvidia_driver_present(),
         )
         policy = TritonLifecyclePolicy(launch_triton_on_startup=True, local_model_store=True)
-        triton = Triton(config=triton_config, triton_lifecycle_policy=policy)
+        self._token = secrets.token_urlsafe(24)  # the repository API (load/unload) is ours to use
+        triton = Triton(config=triton_config, triton_lifecycle_policy=policy,
+                        security_config=TritonSecurityConfig(access_token=self._token))
         self._triton = triton
         try:
             self._bind(triton)
@@ -236,16 +216,44 @@ class EmbeddedServer:
         except BaseException:
             self.stop()
             raise
-        LOGGER.info("serving %s and %s_image at http %s, grpc %s, metrics %s",
+        LOGGER.debug("serving %s and %s_image at http %s, grpc %s, metrics %s",
                     self.name, self.name, self.http_url, self.grpc_url, self.metrics_url)
         return self
 
     def stop(self) -> None:
+        tree = descendants(self.pid) if self.pid else []
         with self._stop_lock:
             triton, self._triton = self._triton, None
         if triton is not None:
+            LOGGER.info("stopping tritonserver (SIGINT: it prints 'Signal (2) received.', finishes the requests "
+                        "in flight within %ss and exits)", self.config.exit_timeout_s)
             with contextlib.suppress(Exception):
                 triton.stop()
+        # a python-backend stub can outlive a tritonserver that gave up waiting for it (seen after rolling
+        # restarts under load): nothing of this server may keep running, or holding memory, once it has stopped
+        reaped = [pid for pid in tree if kill(pid)]
+        if reaped:
+            LOGGER.info("stopped %d python-backend process(es) tritonserver left behind", len(reaped))
+
+    def drain(self) -> None:
+        """Turn readiness off and keep serving for ``config.drain_s``: load balancers, Kubernetes and our client
+        stop sending here while what was sent is answered. ``stop()`` then lets Triton finish and exit."""
+        import tritonclient.http as httpclient
+
+        if self._triton is None:
+            return
+        began = time.monotonic()
+        with contextlib.closing(httpclient.InferenceServerClient(self.http_url)) as client:
+            try:
+                client.unload_model(READINESS_MODEL, headers={"triton-access-token": self._token})
+                while client.is_server_ready() and time.monotonic() - began < READINESS_OFF_TIMEOUT_S:
+                    time.sleep(0.05)
+            except Exception as exc:  # noqa: BLE001 - a server that cannot drain still stops
+                LOGGER.warning("could not turn readiness off (%s): stopping without a drain window", exc)
+                return
+        LOGGER.info("draining: readiness off after %.2fs; answering what arrives for %.1fs, then stopping",
+                    time.monotonic() - began, self.config.drain_s)
+        time.sleep(self.config.drain_s)
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()
@@ -281,11 +289,11 @@ class EmbeddedServer:
                 time.sleep(0.2)
 
     def serve_forever(self) -> None:
-        """Block until SIGINT / SIGTERM (or tritonserver dies), then stop cleanly."""
+        """Block until SIGINT / SIGTERM (or tritonserver dies), then drain and stop cleanly (exit status 0)."""
         stop = threading.Event()
 
         def _handler(signum: int, _frame: FrameType | None) -> None:
-            LOGGER.info("%s received, shutting down", signal.Signals(signum).name)
+            LOGGER.info("%s received, shutting down gracefully", signal.Signals(signum).name)
             stop.set()
 
         previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -296,6 +304,7 @@ class EmbeddedServer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+            self.drain()
             self.stop()
 
     # ------------------------------------------------------------------ models
@@ -332,17 +341,6 @@ class EmbeddedServer:
             ),
             strict=True,
         )
-        preprocess = Preprocess.from_metadata(runtime.metadata)
-        triton.bind(
-            model_name=pre_name,
-            infer_func=[_PreprocessFn(preprocess) for _ in range(self.config.preprocess_instances)],
-            inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,))],
-            outputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=dims)],
-            # no dynamic batcher: Triton's default scheduler passes one request per call, so a bad image
-            # fails its own request only (PyTriton reports an exception for every request of a call)
-            config=ModelConfig(batching=True, max_batch_size=max_batch, batcher=None),
-            strict=True,
-        )
 
     def _complete_model_store(self, store: Path) -> None:
         """Labels, metadata parameter and the ensemble, through Triton's ModelConfig schema."""
@@ -358,10 +356,16 @@ class EmbeddedServer:
         path.write_text(repo.to_text(config), encoding="utf-8")
         (store / tensor_name / LABELS_FILE).write_text(labels_text(names), encoding="utf-8")
 
-        path = store / pre_name / "config.pbtxt"
-        config = repo.parse_config(path.read_text(encoding="utf-8"))
-        repo.set_parameter(config, METADATA_KEY, parameter)
-        path.write_text(repo.to_text(config), encoding="utf-8")
+        # NAME_preprocess: the same python-backend model a generated repository ships (not a PyTriton binding),
+        # so bad bytes get the same INVALID_ARG answer here as in NVIDIA's container
+        batching = repo.BatchingOptions(max_batch=self._max_batch(),
+                                        preprocess_instances=self.config.preprocess_instances)
+        config = repo.preprocess_config(pre_name, meta, names, batching=batching)
+        (store / pre_name / "1").mkdir(parents=True, exist_ok=True)
+        (store / pre_name / "config.pbtxt").write_text(repo.to_text(config), encoding="utf-8")
+        (store / pre_name / "1" / "model.py").write_text(repo.preprocess_model_source(), encoding="utf-8")
+
+        self._write_readiness_model(store)
 
         ens_dir = store / ens_name
         (ens_dir / "1").mkdir(parents=True, exist_ok=True)
@@ -370,31 +374,29 @@ class EmbeddedServer:
         (ens_dir / LABELS_FILE).write_text(labels_text(names), encoding="utf-8")
 
 
-class _PreprocessFn:
-    """One NAME_preprocess instance: a call gets one request (see _bind), bad bytes fail only it."""
+    @staticmethod
+    def _write_readiness_model(store: Path) -> None:
+        """The drain switch (``data/triton_readiness_model.py``): loaded with the others, unloaded by ``drain``."""
+        mc = repo.model_config_schema()
+        config = mc.ModelConfig(name=READINESS_MODEL, backend="python", max_batch_size=0)
+        config.input.append(mc.ModelInput(name="unused", data_type=mc.TYPE_BOOL, dims=[1]))
+        config.output.append(mc.ModelOutput(name="ready", data_type=mc.TYPE_BOOL, dims=[1]))
+        config.instance_group.append(mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU))
+        (store / READINESS_MODEL / "1").mkdir(parents=True, exist_ok=True)
+        (store / READINESS_MODEL / "config.pbtxt").write_text(repo.to_text(config), encoding="utf-8")
+        source = resources.files("swinv2_serve").joinpath("data", "triton_readiness_model.py").read_text()
+        (store / READINESS_MODEL / "1" / "model.py").write_text(source, encoding="utf-8")
 
-    def __init__(self, preprocess: Preprocess) -> None:
-        self.preprocess = preprocess
 
-    def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
-        responses = []
-        for request in requests:
-            images = np.asarray(request[IMAGE_INPUT]).reshape(-1)
-            arrays = []
-            for i, data in enumerate(images):
-                try:
-                    arrays.append(self.preprocess(bytes(data)))
-                except ImageDecodeError as exc:
-                    raise ImageDecodeError(f"image {i} of {len(images)}: {exc}") from None
-            responses.append({INPUT_NAME: np.stack(arrays)})
-        return responses
+class Terminated(KeyboardInterrupt):
+    """SIGTERM before ``serve_forever`` took over: a requested stop, not an error."""
 
 
 def interrupt_on_sigterm() -> None:
-    """Make SIGTERM behave like Ctrl+C until ``serve_forever`` takes over, so a stop during start-up is clean."""
+    """Make SIGTERM raise ``Terminated`` until ``serve_forever`` takes over, so a stop during start-up is clean."""
 
     def _raise(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        raise Terminated(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, _raise)
 
@@ -415,6 +417,7 @@ def serve(
             raise SwinV2ServeError("give either a model file or a repository, not both")
         model_path = find_repository_model(repository, name)
         labels = _repository_labels(model_path)
+        runtime_options = {**repository_runtime_options(model_path), **(runtime_options or {})}  # flags win
     if model_path is None:
         raise SwinV2ServeError("nothing to serve: pass --onnx PATH or --repository DIR")
     if not Path(model_path).is_file():
@@ -431,5 +434,4 @@ def running(*args: Any, **kwargs: Any) -> Iterator[EmbeddedServer]:
         yield server
 
 
-__all__ = ["EmbeddedServer", "ServerConfig", "check_ports_free", "ensure_libpython_path", "free_ports", "running",
-           "serve"]
+__all__ = ["EmbeddedServer", "ServerConfig", "free_ports", "running", "serve"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from collections.abc import Iterator
@@ -22,40 +21,9 @@ def export_small_onnx(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = perturb_(create_model(MODEL, num_classes=1000), scale=0.05, seed=seed).eval()
-    try:
-        from swinv2_serve.onnx_export import export_onnx
-    except ImportError:  # the exporter lands separately; the same contract, by hand
-        return _export_by_hand(model, path)
+    from swinv2_serve.onnx_export import export_onnx
+
     export_onnx(model, path)
-    return path
-
-
-def _export_by_hand(model, path: Path) -> Path:  # noqa: ANN001
-    import onnx
-    import torch
-
-    class WithProbs(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = self.inner(x)
-            return logits, logits.softmax(-1)
-
-    cfg = model.cfg
-    h, w = cfg.img_size
-    torch.onnx.export(
-        WithProbs(model), torch.randn(1, 3, h, w), str(path), input_names=["input"], output_names=["logits", "probs"],
-        dynamic_axes={n: {0: "batch"} for n in ("input", "logits", "probs")}, opset_version=17, dynamo=False,
-    )
-    proto = onnx.load(str(path))
-    meta = {"model": cfg.name, **cfg.preprocessing(), "window_sizes": [list(x) for x in cfg.stage_windows],
-            "pretrained_window_sizes": list(cfg.pretrained_window_sizes), "num_classes": cfg.num_classes,
-            "labels": None}
-    prop = proto.metadata_props.add()
-    prop.key, prop.value = "swinv2_serve", json.dumps(meta)
-    onnx.save(proto, str(path))
     return path
 
 

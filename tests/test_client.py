@@ -92,7 +92,7 @@ def test_server_side_preprocessing_agrees(server, protocol: str, photo_paths, ex
 
 def test_bad_image_through_server_is_a_clear_error(server, images_dir: Path) -> None:  # noqa: ANN001
     with Classifier(server.grpc_url, "grpc", NAME, server_preprocess=True) as client:
-        with pytest.raises(ServerError, match=r"ImageDecodeError: image 0 of 1: image bytes: corrupt or truncated"):
+        with pytest.raises(ServerError, match=r"refused the request: \(INVALID_ARGUMENT\) image 0 of 1: .* corrupt"):
             client.classify((images_dir / "bad_truncated.jpg").read_bytes())
         assert client.classify(images_dir / "cat.jpg")[0]  # still serving
 
@@ -125,7 +125,7 @@ def test_cli_no_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.count("\n") == 1 and "no server at" in err
 
 
-def test_png_encoding_of_arrays_is_lossless(classifier: Classifier) -> None:  # noqa: ARG001
+def test_png_encoding_of_arrays_is_lossless() -> None:  # no server: encoding is client-side only
     from swinv2_serve.client import encode
 
     array = (np.arange(48 * 40 * 3) % 251).astype(np.uint8).reshape(48, 40, 3)

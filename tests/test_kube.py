@@ -258,7 +258,7 @@ def test_deployment_on_a_volume(layouts) -> None:
     assert c["command"] == [ENTRYPOINT]
     assert not any(a.startswith("--model-repository") for a in c["args"])
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert env == {"MODEL_REPOSITORY": "/models", "TRT_PRECISION": "fp16"}
+    assert env == {"MODEL_REPOSITORY": "/models"}  # the engines' precision is the repository's recipe
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["model-repository"]["persistentVolumeClaim"] == {"claimName": "models"}
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
@@ -459,7 +459,6 @@ BASE = dict(name="swinv2", model_repository="pvc://models")
     (dict(image="swinv2-serve"), "no tag"),
     (dict(image="swinv2 serve:1"), "image reference"),
     (dict(queue_target_us=0), "queue target"),
-    (dict(trt_precision="int8"), "TensorRT precision"),
     (dict(kserve_protocol="v1"), "KServe protocol"),
     (dict(storage_secret="creds"), "needs none"),
     (dict(monitor_labels=(("release", "bad value"),)), "label value"),

@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from swinv2_serve.config import resolve_config
-from swinv2_serve.contract import read_onnx_metadata
+from swinv2_serve.contract import METADATA_KEY, ExportMetadata, read_onnx_metadata
 from swinv2_serve.errors import SwinV2ServeError
 from swinv2_serve.labels import imagenet1k_labels, labels_for
 from swinv2_serve.repository import write_repository
@@ -110,18 +110,6 @@ def test_plan_config_uses_the_sidecar_profile(onnx_path: Path, tmp_path: Path) -
     assert parse(smaller.configs["nano"]).max_batch_size == 8
 
 
-def test_engine_at_start_layout_matches_the_entrypoint(onnx_path: Path, tmp_path: Path) -> None:
-    repo = write_repository(tmp_path, "nano", onnx=onnx_path, engine_at_start=True, max_batch=8)
-    net = parse(repo.configs["nano"])
-    assert net.platform == "tensorrt_plan" and net.max_batch_size == 8
-    assert (tmp_path / "nano" / "model.onnx").is_file() and not (tmp_path / "nano" / "1" / "model.plan").exists()
-    entrypoint = (REPO / "docker" / "entrypoint.sh").read_text()
-    assert 'platform: "tensorrt_plan"' in entrypoint and "model.onnx" in entrypoint
-    # the entrypoint reads max_batch_size and the input dims from the text format we write
-    text = repo.configs["nano"].read_text()
-    assert "max_batch_size: 8\n" in text and "input {\n  name: \"input\"\n  data_type: TYPE_FP32\n  dims: 3\n" in text
-
-
 def test_errors_are_clear(onnx_path: Path, tmp_path: Path) -> None:
     with pytest.raises(SwinV2ServeError, match="no such file"):
         write_repository(tmp_path, "nano", onnx=tmp_path / "missing.onnx")
@@ -144,11 +132,32 @@ def test_cli_writes_repository(onnx_path: Path, tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such file" in bad.stderr
 
 
-def test_committed_templates_parse() -> None:
-    configs = sorted((REPO / "model_repository").rglob("config.pbtxt"))
-    assert configs, "model_repository/ holds no committed config templates"
-    for path in configs:
-        parse(path)
+def _template_generator():  # noqa: ANN202
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_templates", REPO / "model_repository" /
+                                                  "generate_templates.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_templates_are_what_the_code_writes(tmp_path: Path) -> None:
+    generator = _template_generator()
+    written = generator.generate(tmp_path / "templates")
+    templates, fresh = REPO / "model_repository" / "templates", tmp_path / "templates"
+    committed = sorted(p.relative_to(templates) for p in templates.rglob("*") if p.is_file())
+    assert committed == sorted(p.relative_to(fresh) for p in written)
+    stale = [str(rel) for rel in committed if (templates / rel).read_text() != (fresh / rel).read_text()]
+    assert not stale, (f"model_repository/templates: {stale} differ from what the code writes now; run "
+                       "`python model_repository/generate_templates.py` and commit the result")
+    tensor, preprocess, ensemble = (parse(templates / n / "config.pbtxt") for n in ("swinv2", "swinv2_preprocess",
+                                                                                     "swinv2_image"))
+    assert (tensor.name, tensor.max_batch_size, list(tensor.input[0].dims)) == ("swinv2", 32, [3, 64, 64])
+    assert preprocess.backend == "python" and ensemble.platform == "ensemble"
+    meta = ExportMetadata.from_json(tensor.parameters[METADATA_KEY].string_value)  # the one reader
+    assert (meta.model, meta.num_classes, len(meta.labels or ())) == (generator.MODEL, 1000, 1000)
 
 
 @pytest.mark.skipif(shutil.which("hadolint") is None and not (Path(sys.executable).parent / "hadolint").exists(),

@@ -10,7 +10,9 @@ from ..client import Classifier
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
-    parser.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8000 http / :8001 grpc)")
+    parser.add_argument("--url", default=None,
+                        help="host:port, or several replicas comma-separated (balanced, unanswered requests retried "
+                             "on the next); default 127.0.0.1:8000 http / :8001 grpc")
     parser.add_argument("--protocol", choices=["http", "grpc"], default="http")
     parser.add_argument("--model", default="swinv2", help="served model name (NAME, not NAME_image)")
     parser.add_argument("--server-preprocess", action="store_true", help="send encoded bytes to NAME_image")

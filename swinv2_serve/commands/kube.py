@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from ..kube import KubeOptions, write_manifests
+from ..kube.options import DEFAULT_IMAGE, KSERVE_PROTOCOLS, NGC_RELEASE
+
 
 def _label(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
@@ -14,8 +17,6 @@ def _label(text: str) -> tuple[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..kube.options import DEFAULT_IMAGE, KSERVE_PROTOCOLS, NGC_RELEASE, TRT_PRECISIONS
-
     parser.add_argument("--name", default="swinv2",
                         help="served model name, as in the repository (NAME, NAME_preprocess, NAME_image)")
     parser.add_argument("--model-repository", required=True, metavar="URI",
@@ -51,8 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="startupProbe window on the gpu overlay and KServe: engine builds (default 30)")
     parser.add_argument("--cpu-startup-minutes", type=int, default=5,
                         help="startupProbe window on the cpu overlay (default 5)")
-    parser.add_argument("--trt-precision", choices=TRT_PRECISIONS, default="fp16",
-                        help="precision of engines built at start (pvc:// repositories)")
     parser.add_argument("--cpu-model-repository", metavar="URI",
                         help="the cpu overlay's repository (`swinv2-serve repository --kind cpu`); default: "
                              "--model-repository")
@@ -69,8 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..kube import KubeOptions, write_manifests
-
     opts = KubeOptions(
         name=args.name, model_repository=args.model_repository, app_name=args.app_name, namespace=args.namespace,
         image=args.image, image_pull_secret=args.image_pull_secret, gpus=args.gpus, gpu_product=args.gpu_product,
@@ -78,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         memory=args.memory, memory_limit=args.memory_limit, shm_size=args.shm_size,
         queue_target_us=args.queue_target_us, drain_seconds=args.drain_seconds,
         exit_timeout_seconds=args.exit_timeout, gpu_startup_minutes=args.gpu_startup_minutes,
-        cpu_startup_minutes=args.cpu_startup_minutes, trt_precision=args.trt_precision,
+        cpu_startup_minutes=args.cpu_startup_minutes,
         cpu_model_repository=args.cpu_model_repository, storage_secret=args.storage_secret,
         service_account=args.service_account, service_monitor=not args.no_service_monitor,
         monitor_labels=tuple(args.monitor_label), kserve=args.kserve, kserve_protocol=args.kserve_protocol,

@@ -18,7 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=["cpu", "gpu"], default="gpu",
                         help="gpu: KIND_GPU (+ TensorRT accelerator for ONNX); cpu: KIND_CPU onnxruntime")
     parser.add_argument("--engine-at-start", action="store_true",
-                        help="tensorrt_plan config whose engine the container builds on its GPU at start")
+                        help="tensorrt_plan config whose engine the container builds on its GPU at start "
+                             "(`swinv2-serve engine`)")
+    parser.add_argument("--engine-precision", choices=["fp16", "fp32"], default="fp16",
+                        help="with --engine-at-start: fp16 needs the fp16 export as --onnx (its FP32 islands)")
     parser.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching wait (us)")
     parser.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
                         help="openvino: Triton's OpenVINO backend on CPU (1/model.xml + model.bin)")
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     repo = write_repository(
         args.output, args.name, onnx=args.onnx, plan=args.plan, max_batch=args.max_batch, instances=args.instances,
         kind=args.kind, max_queue_delay_us=args.max_queue_delay_us, engine_at_start=args.engine_at_start,
+        engine_precision=args.engine_precision,
         backend=args.backend, openvino=openvino,
     )
     for model, config in repo.configs.items():

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
+from pathlib import Path
 
 from ..contract import RUNTIME_BACKENDS
-from ..server import ServerConfig, interrupt_on_sigterm, serve
+from ..server import ServerConfig, Terminated, interrupt_on_sigterm, serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,9 +31,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="max batch of the dynamic batcher")
     parser.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching wait (us)")
     parser.add_argument("--threads", type=int, help="intra-op threads of the runtime (default: all cores)")
-    parser.add_argument("--preprocess-instances", type=int, default=1,
-                        help="image decoder instances (default 1; more can race PyTriton's start-up handshake)")
-    parser.add_argument("--log-file", help="tritonserver log file (default: the console)")
+    parser.add_argument("--preprocess-instances", type=int, default=2, help="image decoder instances (default 2)")
+    parser.add_argument("--log-file", help="tritonserver's log (default: a file in the temp folder, named on start; "
+                                           "'-' for the console)")
+    parser.add_argument("--drain-s", type=float, default=2.0,
+                        help="on SIGTERM/Ctrl+C: seconds with readiness off, still answering, before stopping")
+    parser.add_argument("--exit-timeout-s", type=int, default=5,
+                        help="then tritonserver's wait for requests in flight (its --exit-timeout-secs)")
+
+
+def _log_file(args: argparse.Namespace) -> str | None:
+    """tritonserver's own log goes to a file unless asked for on the console: on a CPU machine it reports the
+    missing CUDA driver at every start, which reads as a failure and is not one."""
+    if args.log_file == "-":
+        return None
+    return args.log_file or str(Path(tempfile.gettempdir()) / f"swinv2-serve-{args.name}-{args.http_port}.log")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,13 +65,20 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
-        preprocess_instances=args.preprocess_instances, log_file=args.log_file,
+        preprocess_instances=args.preprocess_instances, log_file=_log_file(args), drain_s=args.drain_s,
+        exit_timeout_s=args.exit_timeout_s,
     )
     server = serve(args.onnx, args.name, repository=args.repository, config=config, backend=args.backend,
                    runtime_options=options)
-    server.start()
+    try:
+        server.start()
+    except Terminated:  # SIGTERM while starting: a requested stop (start() has stopped what it started)
+        print("stopped before serving (SIGTERM during start-up)", flush=True)
+        return 0
     print(f"serving {args.name} and {args.name}_image: http {server.http_url}  grpc {server.grpc_url}  "
-          f"metrics {server.metrics_url}  (Ctrl+C to stop)", flush=True)
+          f"metrics {server.metrics_url}  (Ctrl+C or SIGTERM: drain {args.drain_s:g}s, then stop)", flush=True)
+    if config.log_file:
+        print(f"tritonserver log: {config.log_file}", flush=True)
     server.serve_forever()
     print("stopped", flush=True)
     return 0

@@ -1,9 +1,14 @@
 """Triton python-backend model NAME_preprocess: encoded image bytes -> float32 [3, H, W].
 
-Written into generated repositories by ``swinv2_serve.repository``. It uses the package's single
-preprocessing path (``swinv2_serve.preprocess``) with the parameters of the model's own ONNX metadata,
-which the repository writer stored in this model's config ``parameters`` under ``swinv2_serve``.
-A request whose bytes are not a usable image gets an error response of its own; the others proceed.
+Served as it is by the embedded server and written into generated repositories by ``swinv2_serve.repository``.
+It uses the package's single preprocessing path (``swinv2_serve.preprocess``) with the model's own export
+metadata, stored in this model's config ``parameters`` under ``swinv2_serve``.
+
+A request whose bytes are not a usable image gets an error response of its own (the others proceed) with
+the code INVALID_ARG: a client's mistake, answered HTTP 400 / gRPC INVALID_ARGUMENT, which monitoring does
+not count as a server failure and retry policies do not retry. Python models can set an error code since
+Triton 2.38 (NGC 23.09); on older releases the error carries no code (gRPC INTERNAL; their HTTP endpoint
+answered every error with 400 until 2.42).
 """
 
 import json
@@ -14,6 +19,15 @@ import triton_python_backend_utils as pb_utils
 from swinv2_serve.contract import IMAGE_INPUT, METADATA_KEY, ExportMetadata
 from swinv2_serve.errors import ImageDecodeError
 from swinv2_serve.preprocess import Preprocess
+
+
+def client_error(message):
+    """An error that tells the client it sent something unusable: INVALID_ARG where the release supports codes.
+
+    Looked up at call time: the stub fills in ``pb_utils.TritonError`` only after this file is imported.
+    """
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # None before Triton 2.38
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
 class TritonPythonModel:
@@ -44,5 +58,5 @@ class TritonPythonModel:
             try:
                 responses.append(self._one(request))
             except ImageDecodeError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                responses.append(pb_utils.InferenceResponse(error=client_error(str(exc))))
         return responses

@@ -70,8 +70,7 @@ def serving_runtime(opts: KubeOptions) -> Obj:
         # always the entrypoint with MODEL_REPOSITORY=/mnt/models: KServe hands the repository over as a folder
         "command": [ENTRYPOINT],
         "args": triton_args(opts, HTTP_PORT, GRPC_PORT, METRICS_PORT),
-        "env": [{"name": "MODEL_REPOSITORY", "value": MODEL_DIR},
-                {"name": "TRT_PRECISION", "value": opts.trt_precision}],
+        "env": [{"name": "MODEL_REPOSITORY", "value": MODEL_DIR}],
         "ports": ports,
         **probes(HTTP_PORT, opts.gpu_startup_minutes),
         "lifecycle": pre_stop(opts),

@@ -77,8 +77,7 @@ def storage_wiring(storage: Storage, opts: KubeOptions, mount: str = MOUNT) -> W
         if storage.subpath:
             mount_["subPath"] = storage.subpath
         return Wiring(command=[ENTRYPOINT], args=[],
-                      env=[{"name": "MODEL_REPOSITORY", "value": mount},
-                           {"name": "TRT_PRECISION", "value": opts.trt_precision}],
+                      env=[{"name": "MODEL_REPOSITORY", "value": mount}],
                       volumes=[{"name": "model-repository", "persistentVolumeClaim": {"claimName": storage.claim}},
                                *shm],
                       mounts=[mount_, *shm_mount])

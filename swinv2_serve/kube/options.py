@@ -18,7 +18,6 @@ ENTRYPOINT = "/usr/local/bin/swinv2-serve-entrypoint"
 RUN_AS_USER = 1000  # the NGC image's triton-server user, as in KServe's stock Triton runtime
 OBJECT_STORES = ("s3", "gs", "as")  # Triton reads these itself (Amazon S3, Google Cloud Storage, Azure Storage)
 SCHEMES = ("pvc", *OBJECT_STORES)
-TRT_PRECISIONS = ("fp16", "fp32")
 KSERVE_PROTOCOLS = ("v2", "grpc-v2")
 
 
@@ -145,7 +144,6 @@ class KubeOptions:
     exit_timeout_seconds: int = 30
     gpu_startup_minutes: int = 30
     cpu_startup_minutes: int = 5
-    trt_precision: str = "fp16"
     cpu_model_repository: str | None = None
     storage_secret: str | None = None
     service_account: str | None = None
@@ -224,8 +222,6 @@ class KubeOptions:
             check_label("nvidia.com/gpu.product", self.gpu_product)
         for key, value in self.monitor_labels:
             check_label(key, value)
-        if self.trt_precision not in TRT_PRECISIONS:
-            raise KubeError(f"TensorRT precision {self.trt_precision!r}: one of {', '.join(TRT_PRECISIONS)}")
         if self.kserve_protocol not in KSERVE_PROTOCOLS:
             raise KubeError(f"KServe protocol {self.kserve_protocol!r}: one of {', '.join(KSERVE_PROTOCOLS)}")
         storage, cpu_storage = self.storage, self.cpu_storage  # parsed now: a bad URI fails before anything is written

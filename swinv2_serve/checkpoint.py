@@ -39,6 +39,7 @@ from .checkpoint_layouts import (
 )
 from .config import PRESETS, SwinV2Config, resolve_config
 from .errors import CheckpointError, ConfigError
+from .hub import local_checkpoint
 from .model import SwinV2, create_model
 
 
@@ -370,13 +371,20 @@ def load_model(path: str | Path, *, map_location: Any = "cpu", **create_override
 
 
 def load_or_create(model: str | None = None, checkpoint: str | Path | None = None, *,
-                   num_classes: int | None = None, perturb_seed: int | None = None) -> SwinV2:
+                   num_classes: int | None = None, perturb_seed: int | None = None,
+                   pretrained: bool | str | None = None) -> SwinV2:
     """The model a command names, in eval mode: one of our checkpoints alone, a preset with weights in any of
-    the four layouts, or a preset with random weights.
+    the four layouts (a path, or an http(s)/file URL downloaded once: ``hub.fetch_url``), a preset with its
+    published weights (``pretrained``: True, ``"TAG"`` or ``"TAG@REVISION"``), or a preset with random weights.
 
     ``perturb_seed`` moves random weights off their initialisation (as training does), so that comparisons
     of logits between formats mean something; without it they stay as initialised.
     """
+    if pretrained:
+        if model is None or checkpoint is not None:
+            raise ConfigError("--pretrained needs --model NAME and no --checkpoint")
+        return create_model(model, num_classes=num_classes, pretrained=pretrained).eval()
+    checkpoint = local_checkpoint(checkpoint)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise CheckpointError(f"checkpoint {checkpoint} not found")
     if model is None:

@@ -225,6 +225,60 @@ PRESETS: dict[str, SwinV2Config] = {
 }
 
 
+# -- published weights, per preset (swinv2_serve.hub fetches them) ---------------------------------------------
+HUB_ORG = "timm"
+MSRA_RELEASE = "https://github.com/SwinTransformer/storage/releases/download/v2.0.0/"
+
+
+@dataclass(frozen=True)
+class PretrainedTag:
+    """One set of published weights of a preset."""
+
+    tag: str  # ours: in1k | in22k | in22k-ft-in1k
+    timm_tag: str  # the hub repo is timm/<model>.<timm_tag>
+    num_classes: int
+    msra_file: str  # the same weights in the official release (MSRA layout)
+    revision: str | None = None  # a pinned hub commit; None follows "main"
+    sha256: str | None = None  # a pinned digest of the hub file; None trusts the hub's own (see module doc)
+
+    def repo_id(self, model: str) -> str:
+        return f"{HUB_ORG}/{model}.{self.timm_tag}"
+
+    @property
+    def msra_url(self) -> str:
+        return MSRA_RELEASE + self.msra_file
+
+
+def _in1k(msra: str) -> PretrainedTag:
+    return PretrainedTag("in1k", "ms_in1k", 1000, msra)
+
+
+def _in22k(msra: str) -> PretrainedTag:
+    return PretrainedTag("in22k", "ms_in22k", 21841, msra)
+
+
+def _in22k_ft(msra: str) -> PretrainedTag:
+    return PretrainedTag("in22k-ft-in1k", "ms_in22k_ft_in1k", 1000, msra)
+
+
+# timm 1.0's default_cfgs for swinv2_* (hf_hub_id "timm/<name>.<tag>", url = the MSRA file); the first is the
+# default. SwinV2-H/G and the nano demo preset have no published weights.
+PRETRAINED: dict[str, tuple[PretrainedTag, ...]] = {
+    "swinv2_tiny_window8_256": (_in1k("swinv2_tiny_patch4_window8_256.pth"),),
+    "swinv2_tiny_window16_256": (_in1k("swinv2_tiny_patch4_window16_256.pth"),),
+    "swinv2_small_window8_256": (_in1k("swinv2_small_patch4_window8_256.pth"),),
+    "swinv2_small_window16_256": (_in1k("swinv2_small_patch4_window16_256.pth"),),
+    "swinv2_base_window8_256": (_in1k("swinv2_base_patch4_window8_256.pth"),),
+    "swinv2_base_window16_256": (_in1k("swinv2_base_patch4_window16_256.pth"),),
+    "swinv2_base_window12_192": (_in22k("swinv2_base_patch4_window12_192_22k.pth"),),
+    "swinv2_base_window12to16_192to256": (_in22k_ft("swinv2_base_patch4_window12to16_192to256_22kto1k_ft.pth"),),
+    "swinv2_base_window12to24_192to384": (_in22k_ft("swinv2_base_patch4_window12to24_192to384_22kto1k_ft.pth"),),
+    "swinv2_large_window12_192": (_in22k("swinv2_large_patch4_window12_192_22k.pth"),),
+    "swinv2_large_window12to16_192to256": (_in22k_ft("swinv2_large_patch4_window12to16_192to256_22kto1k_ft.pth"),),
+    "swinv2_large_window12to24_192to384": (_in22k_ft("swinv2_large_patch4_window12to24_192to384_22kto1k_ft.pth"),),
+}
+
+
 def list_models() -> list[str]:
     return sorted(PRESETS)
 

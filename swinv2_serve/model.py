@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SwinV2Config, resolve_config
+from .hub import fetch_pretrained, load_pretrained
 
 LOGIT_SCALE_MAX = math.log(1.0 / 0.01)  # logit scale is clamped at 100
 SHIFT_MASK_VALUE = -100.0
@@ -416,12 +417,15 @@ def create_model(
     pretrained_window_sizes: int | tuple[int, ...] | None = None,
     num_classes: int | None = None,
     attn_chunk_windows: int | None = None,
+    pretrained: bool | str = False,
     **overrides: Any,
 ) -> SwinV2:
     """Build a SwinV2 by timm name (or from a config), optionally at a new resolution / window size.
 
     A new ``window_size`` or ``img_size`` keeps the named config's trained window sizes as the CPB
     normaliser unless ``pretrained_window_sizes`` says otherwise (log-spaced CPB transfer).
+    ``pretrained``: True, ``"TAG"`` or ``"TAG@REVISION"`` loads the published weights (``hub.load_pretrained``);
+    they fit any resolution/window, and another ``num_classes`` keeps a fresh head.
     """
     cfg = resolve_config(
         name,
@@ -432,4 +436,8 @@ def create_model(
         attn_chunk_windows=attn_chunk_windows,
         **overrides,
     )
-    return SwinV2(cfg)
+    weights = fetch_pretrained(cfg.name, pretrained) if pretrained else None  # before building: fail fast
+    model = SwinV2(cfg)
+    if weights is not None:
+        load_pretrained(model, weights)
+    return model

@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -152,8 +152,17 @@ def run_batched(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batc
     return np.concatenate([fn(inputs[i:i + step]) for i in range(0, len(inputs), step)])
 
 
-def enforce(verdict: Verdict, mode: str, source: str, remedy: str) -> None:
-    """Apply a fidelity mode to a verdict: ``refuse`` raises ``FidelityError``, ``warn`` logs loudly."""
+class Judged(Protocol):
+    """A check that has been decided: a ``Verdict`` (agreement) or an ``AccuracyCheck`` (labels)."""
+
+    @property
+    def passed(self) -> bool: ...
+
+    def summary(self) -> str: ...
+
+
+def enforce(verdict: Judged, mode: str, source: str, remedy: str) -> None:
+    """Apply a fidelity mode to a check: ``refuse`` raises ``FidelityError``, ``warn`` logs loudly."""
     if mode not in FIDELITY_MODES:
         raise SwinV2ServeError(f"fidelity must be one of {', '.join(FIDELITY_MODES)}, got {mode!r}")
     if verdict.passed or mode == "off":
@@ -167,3 +176,47 @@ def refuse_or_warn(message: str, mode: str) -> None:
     if mode == "refuse":
         raise FidelityError(message)
     log.warning("LOW FIDELITY %s", message)
+
+
+# -- accuracy against labels (the gate's second half when the check images have labels) -------------------------
+@dataclass(frozen=True)
+class AccuracyCheck:
+    """Top-1 against labels of a reduced precision and of its fp32 reference on the same images.
+
+    ``max_drop`` is the largest loss of top-1 (a fraction: 0.01 = one point) the user accepts; None measures only.
+    """
+
+    what: str
+    samples: int
+    reference_top1: float
+    candidate_top1: float
+    max_drop: float | None = None
+
+    @property
+    def drop(self) -> float:
+        return self.reference_top1 - self.candidate_top1
+
+    @property
+    def passed(self) -> bool:
+        return self.max_drop is None or self.drop <= self.max_drop + 1e-12
+
+    def summary(self) -> str:
+        limit = "" if self.max_drop is None else f", limit {100 * self.max_drop:.2f}"
+        text = (f"{self.what}: top-1 {self.candidate_top1:.2%} vs fp32 {self.reference_top1:.2%} on {self.samples} "
+                f"labelled images (drop {100 * self.drop:.2f} points{limit})")
+        return text + ("" if self.passed else " -> FAILED: accuracy drops more than allowed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "drop": self.drop, "passed": self.passed}
+
+
+def accuracy_check(what: str, reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray,
+                   max_drop: float | None = None) -> AccuracyCheck:
+    """Logits [N, C] of fp32 and of a reduced precision, and the N class indices they should predict."""
+    targets = np.asarray(targets)
+    if max_drop is not None and not 0.0 <= max_drop <= 1.0:
+        raise SwinV2ServeError(f"max accuracy drop is a fraction in [0, 1] (0.01 = one point), got {max_drop}")
+    if not len(targets):
+        raise SwinV2ServeError(f"{what}: no labelled images to measure accuracy on")
+    return AccuracyCheck(what, len(targets), float((np.asarray(reference).argmax(1) == targets).mean()),
+                         float((np.asarray(candidate).argmax(1) == targets).mean()), max_drop)

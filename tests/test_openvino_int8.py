@@ -21,6 +21,7 @@ from swinv2_serve.cli import main as cli_main  # noqa: E402
 from swinv2_serve.errors import DatasetError, SwinV2ServeError  # noqa: E402
 from swinv2_serve.machine import cpu_has_vnni  # noqa: E402
 from swinv2_serve.openvino_int8 import (  # noqa: E402
+    AMX_RECIPE,
     activation_matmuls,
     load_calibration_set,
     quantize_int8,
@@ -143,6 +144,11 @@ def test_cli_quantize(onnx_path: Path, digits: Path, tmp_path: Path, capsys: pyt
     assert cli_main(["quantize", "--onnx", str(onnx_path), "--images", str(tmp_path / "none"),
                      "--output", str(tmp_path / "x.xml")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+    amx = tmp_path / "amx_int8.xml"  # the AMX recipe, and the accuracy gate on the labelled (class-folder) digits
+    assert cli_main(["quantize", "--onnx", str(onnx_path), "--images", str(digits), "--output", str(amx),
+                     "--fidelity", "warn", "--threads", "2", "--recipe", "amx", "--max-accuracy-drop", "100"]) == 0
+    assert "int8: top-1 " in capsys.readouterr().out
+    assert int8_record(ov.Core().read_model(str(amx)))["recipe"] == AMX_RECIPE.to_dict()
 
 
 def test_repository_int8(onnx_path: Path, digits: Path, tmp_path: Path) -> None:

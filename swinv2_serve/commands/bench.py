@@ -18,12 +18,14 @@ from pathlib import Path
 from ..bench import BACKENDS, COMPARE, BenchConfig, load_report, markdown_report, run_bench, write_report
 from ..contract import PRECISIONS
 from ..errors import SwinV2ServeError
+from ._pretrained import CHECKPOINT_HELP, add_pretrained_argument, checkpoint_source, weights_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("model")
-    src.add_argument("--model", help="preset name (random weights unless --checkpoint)")
-    src.add_argument("--checkpoint", type=Path, help="our own checkpoint, or MSRA/timm/HF weights with --model")
+    src.add_argument("--model", help="preset name (random weights unless --checkpoint or --pretrained)")
+    src.add_argument("--checkpoint", type=checkpoint_source, help=CHECKPOINT_HELP)
+    add_pretrained_argument(src)
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--img-size", type=int, nargs="+", default=[], help="resolutions (default: the model's own); "
                        "the window scales with the image as in `export`")
@@ -71,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
-        model=args.model, checkpoint=args.checkpoint, img_sizes=list(args.img_size), batches=list(args.batch),
+        model=args.model, checkpoint=weights_file(args.model, args.checkpoint, args.pretrained),
+        img_sizes=list(args.img_size), batches=list(args.batch),
         backends=list(dict.fromkeys(args.backend)), precisions=list(dict.fromkeys(args.precision)),
         threads=args.threads, warmup=args.warmup, iters=args.iters, min_iters=args.min_iters,
         min_time=args.min_time, max_time=args.max_time, compare=list(args.compare),

@@ -21,6 +21,7 @@ from ..preprocess import image_files
 from ..repository import write_repository
 from ..runtime.tensorrt_backend import require_tensorrt
 from ..tensorrt_build import build_verified
+from ._pretrained import CHECKPOINT_HELP, add_pretrained_argument, checkpoint_source
 from ._tensorrt_options import add_tensorrt_arguments, tensorrt_options_from_args
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2].parent / "shared" / "images"  # a checkout beside ../shared
@@ -29,8 +30,8 @@ DEFAULT_IMAGES = Path(__file__).resolve().parents[2].parent / "shared" / "images
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("model")
     src.add_argument("--model", help="preset name (see `swinv2-serve models`); optional for our own checkpoints")
-    src.add_argument("--checkpoint", type=Path,
-                     help="weights: our own checkpoint, or MSRA / timm / Hugging Face with --model")
+    src.add_argument("--checkpoint", type=checkpoint_source, help=CHECKPOINT_HELP)
+    add_pretrained_argument(src)
     src.add_argument("--num-classes", type=int, help="class count of a foreign checkpoint (default: the preset's)")
     out = parser.add_argument_group("export")
     out.add_argument("--img-size", type=int, nargs="+", help="one export per resolution (default: the model's own)")
@@ -52,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     trt_opts = tensorrt_options_from_args(args) if "trt" in args.format else None  # argument errors first
     if trt_opts is not None:
         require_tensorrt()
-    model = load_or_create(args.model, args.checkpoint, num_classes=args.num_classes)
-    if args.checkpoint is None:
+    model = load_or_create(args.model, args.checkpoint, num_classes=args.num_classes, pretrained=args.pretrained)
+    if args.checkpoint is None and not args.pretrained:
         print(f"note: no --checkpoint: exporting {args.model} with random weights (fine for benchmarks only)")
     cfg = model.cfg
     sizes = args.img_size or [cfg.img_size[0]]

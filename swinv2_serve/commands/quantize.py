@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..openvino_int8 import DEFAULT_CALIBRATION, DEFAULT_CHECK, OVERFLOW_FIX, quantize_int8, require_nncf
+from ..openvino_int8 import DEFAULT_CALIBRATION, DEFAULT_CHECK, INT8_RECIPES, OVERFLOW_FIX, quantize_int8, require_nncf
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NNCF's overflow fix (weights on 7 bits): auto = every layer unless this CPU has VNNI; "
                              "enable = every layer, for an IR served on CPUs without VNNI (e.g. AVX2-only); "
                              "first-layer = NNCF's default, for VNNI/AMX fleets")
+    parser.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                        help="with labelled images (class folders): also refuse an int8 model whose top-1 accuracy on "
+                             "the held-out images is more than POINTS percentage points below fp32's")
+    parser.add_argument("--recipe", choices=["default", *[k for k in INT8_RECIPES if k]], default="default",
+                        help="what stays in float: default = the attention products (any x86 CPU); amx = also the "
+                             "narrow stage-1/2 and attention-output layers (faster on AMX: benchmarks/OPTIMIZE.md)")
     parser.add_argument("--threads", type=int, help="OpenVINO threads for the check")
 
 
@@ -31,9 +37,13 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     require_nncf().set_log_level(logging.WARNING)  # its INFO lists every node it leaves alone
     result = quantize_int8(args.onnx, args.images, args.output, calibration=args.calibration, check=args.check,
-                           fidelity=args.fidelity, threads=args.threads, overflow_fix=args.overflow_fix)
+                           fidelity=args.fidelity, threads=args.threads, overflow_fix=args.overflow_fix,
+                           max_accuracy_drop=None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100,
+                           recipe=INT8_RECIPES["" if args.recipe == "default" else args.recipe])
     print(f"wrote {result.xml} in {result.seconds:.0f}s: calibrated on {result.calibration_images} images; "
           f"{result.report.summary()}")
+    if result.accuracy is not None:
+        print(result.accuracy.summary())
     verdict = "" if result.speed.ratio < 1.0 else ": int8 does not pay off here"
     print(f"on this CPU, {result.speed.summary()}{verdict}")
     print(f"serve it: swinv2-serve serve --onnx {result.xml}")

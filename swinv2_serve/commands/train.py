@@ -14,11 +14,13 @@ from ..errors import SwinV2ServeError
 from ..train.digits import run_digits_demo
 from ..train.finetune import TrainConfig, run_finetune
 from ..train.simmim import SimMIMConfig, run_simmim
+from ._pretrained import CHECKPOINT_HELP, add_pretrained_argument, checkpoint_source, weights_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="preset name (see `swinv2-serve models`)")
-    parser.add_argument("--checkpoint", type=Path, help="start from these weights (own/timm/MSRA/HF layouts)")
+    parser.add_argument("--checkpoint", type=checkpoint_source, help=f"start from these weights: {CHECKPOINT_HELP}")
+    add_pretrained_argument(parser)
     parser.add_argument("--new-head", action="store_true", help="train a fresh classifier (class count changed)")
     parser.add_argument("--data", type=Path, help="ImageFolder dir: DIR/<class>/*.jpg, or DIR/train + DIR/val")
     parser.add_argument("--output", type=Path, required=True, help="run dir: checkpoint.pt, metrics.json(l), last.pt")
@@ -60,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace):  # noqa: ANN202
     return TrainConfig(
-        output=args.output, data=args.data, model=args.model, checkpoint=args.checkpoint, new_head=args.new_head,
+        output=args.output, data=args.data, model=args.model, new_head=args.new_head,
+        checkpoint=weights_file(args.model, args.checkpoint, args.pretrained),
         epochs=args.epochs or 30, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, layer_decay=args.layer_decay, label_smoothing=args.label_smoothing,
         clip_grad=args.clip_grad or None, amp=args.amp, accum_steps=args.accum_steps,

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from ..checkpoint import load_checkpoint, load_model, read_description, save_checkpoint
 from ..errors import CheckpointError, SwinV2ServeError
 from ..model import SwinV2, create_model
 from ..preprocess import ImageLike, Preprocess
@@ -117,8 +118,6 @@ def default_workers(cfg: TrainConfig, info: D.DistInfo) -> int:
 
 def build_model(cfg: TrainConfig, num_classes: int) -> SwinV2:
     """``--model`` (+ ``--checkpoint``) or a self-describing ``--checkpoint`` alone, with the data's class count."""
-    from ..checkpoint import load_checkpoint, load_model, read_description
-
     overrides: dict[str, Any] = {}
     if cfg.img_size:
         overrides["img_size"] = cfg.img_size
@@ -269,8 +268,6 @@ def fit(
     info: D.DistInfo,
 ) -> tuple[SwinV2, dict[str, Any]]:
     """Train ``model`` and write ``cfg.output``/{metrics.jsonl, last.pt, checkpoint.pt, metrics.json}."""
-    from ..checkpoint import save_checkpoint
-
     out = cfg.output
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import SwinV2ServeError
 from ..model import SwinV2, create_model
 from ..preprocess import image_files
@@ -131,8 +132,6 @@ def scan_images(root: str | Path) -> list[tuple[Path, int]]:
 
 
 def build_encoder(cfg: TrainConfig) -> SwinV2:
-    from ..checkpoint import load_checkpoint
-
     if not cfg.model:
         raise SwinV2ServeError("--simmim needs --model NAME (the encoder to pretrain)")
     overrides: dict[str, Any] = {"num_classes": 0}
@@ -150,8 +149,6 @@ def pretrain(
     encoder: SwinV2, samples: list, cfg: TrainConfig, scfg: SimMIMConfig, info: D.DistInfo
 ) -> tuple[SimMIM, dict[str, Any]]:
     """The SimMIM loop; writes ``checkpoint.pt`` (encoder only), ``metrics.json(l)`` and ``last.pt``."""
-    from ..checkpoint import save_checkpoint
-
     out = cfg.output
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)

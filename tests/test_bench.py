@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _serving import write_digit_pngs
 
@@ -14,12 +15,14 @@ from swinv2_serve.bench.budget import budget_reason, estimate_memory_bytes
 from swinv2_serve.bench.report import CSV_FIELDS, EXPORT_FIELDS
 from swinv2_serve.bench.runners import precision_unavailable_reason
 from swinv2_serve.cli import main
+from swinv2_serve.verification import Comparison, compare
 
 MODEL = "swinv2_nano_window4_64"
 SIZES = (64, 96)
 BATCHES = (1, 2)
 COMPARE_SIZE = 64  # one resolution with timm peers keeps the test short (each export is a fresh interpreter)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+WORK = "workdir"  # the openvino bench keeps its exports here (--workdir), for the recomputation
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +156,7 @@ def openvino_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     digits = write_digit_pngs(tmp_path_factory.mktemp("calibration"), per_class=5)
     code = main(["bench", "--model", MODEL, "--batch", "1", "2", "--backend", "openvino", "--precision", "fp32",
                  "bf16", "int8", "--calibration", str(digits), "--compare", "timm", "--threads", "1", "--warmup", "1",
-                 "--iters", "2", "--no-plots", "--no-progress", "--output", str(out)])
+                 "--iters", "2", "--no-plots", "--no-progress", "--output", str(out), "--workdir", str(out / WORK)])
     assert code == 0
     return out
 
@@ -161,6 +164,35 @@ def openvino_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _openvino_pairs(bench_dir: Path, precision: str) -> dict[tuple[int, str], dict[str, str]]:
     rows = [r for r in _rows(bench_dir) if r["backend"] == "openvino" and r["precision"] == precision]
     return {(int(r["batch"]), r["impl"]): r for r in rows}
+
+
+def _recomputed_vs_fp32(bench_dir: Path, precision: str) -> dict[int, Comparison]:
+    """The bench's fidelity columns recomputed from what it leaves behind: our ONNX (and int8 IR) in --workdir and
+    the seed of its inputs. It draws one standard-normal batch per cell, in batch order, shared by all precisions,
+    and compares each reduced precision with OpenVINO fp32 of the same ONNX on that batch (first outputs)."""
+    from swinv2_serve.runtime import load
+
+    report = json.loads((bench_dir / "results.json").read_text())
+    (onnx,) = (bench_dir / WORK).glob(f"{MODEL}_*_ours.onnx")
+    (int8,) = (bench_dir / WORK).glob(f"{MODEL}_*_ours_int8.xml")
+    options = {"threads": 1, "hint": "latency", "fidelity": "off"}  # as the bench's runners
+    reference = load(onnx, "openvino", precision="fp32", **options)
+    candidate = load(int8, "openvino", **options) if precision == "int8" else \
+        load(onnx, "openvino", precision=precision, **options)
+    rng = np.random.default_rng(report["config"]["seed"])
+    batches = [rng.standard_normal((b, *reference.input_shape), dtype=np.float32) for b in (1, 2)]
+    return {len(x): compare(reference(x)["logits"], candidate(x)["logits"]) for x in batches}
+
+
+def _assert_fidelity_columns_recompute(pairs: dict[tuple[int, str], dict[str, str]], bench_dir: Path,
+                                       precision: str) -> None:
+    recomputed = _recomputed_vs_fp32(bench_dir, precision)
+    for batch in (1, 2):
+        ours = pairs[(batch, "ours")]
+        assert float(ours["top1_agreement_vs_fp32"]) == recomputed[batch].top1_agreement, batch
+        assert float(ours["max_rel_logit_err_vs_fp32"]) == pytest.approx(recomputed[batch].max_rel_error, abs=2e-6)
+        assert float(ours["max_rel_logit_err_vs_fp32"]) > 0  # it really ran reduced precision, not fp32
+        assert not pairs[(batch, "timm")]["top1_agreement_vs_fp32"]  # only our rows carry the columns
 
 
 def _assert_ok_pairs(pairs: dict[tuple[int, str], dict[str, str]], max_diff: float) -> None:
@@ -191,21 +223,18 @@ def test_openvino_bf16_with_timm_peer_and_fp32_reference(openvino_dir: Path) -> 
         pytest.skip("this CPU has no bf16 (OpenVINO capabilities lack BF16): the bench skips these cells")
     pairs = _openvino_pairs(openvino_dir, "bf16")
     _assert_ok_pairs(pairs, max_diff=0.1)  # bf16 vs bf16: both round, not to the same values (~1e-2 here)
+    _assert_fidelity_columns_recompute(pairs, openvino_dir, "bf16")
     for batch in (1, 2):
-        ours = pairs[(batch, "ours")]
-        assert 0 <= float(ours["top1_agreement_vs_fp32"]) <= 1
-        assert 0 <= float(ours["max_rel_logit_err_vs_fp32"]) < 0.1
-        assert not pairs[(batch, "timm")]["top1_agreement_vs_fp32"]
+        assert float(pairs[(batch, "ours")]["max_rel_logit_err_vs_fp32"]) < 0.1
     assert "Reduced precision vs fp32" in (openvino_dir / "results.md").read_text()
 
 
 def test_openvino_int8_with_timm_peer_quantized_alike(openvino_dir: Path) -> None:
     pairs = _openvino_pairs(openvino_dir, "int8")
     _assert_ok_pairs(pairs, max_diff=1.0)  # two graphs quantized separately: close, not equal
+    _assert_fidelity_columns_recompute(pairs, openvino_dir, "int8")
     for batch in (1, 2):
-        ours = pairs[(batch, "ours")]
-        assert 0 <= float(ours["top1_agreement_vs_fp32"]) <= 1
-        assert 0 < float(ours["max_rel_logit_err_vs_fp32"]) < 0.3  # > 0: it really ran quantized
+        assert float(pairs[(batch, "ours")]["max_rel_logit_err_vs_fp32"]) < 0.3
 
 
 def test_openvino_precision_skip_reasons() -> None:

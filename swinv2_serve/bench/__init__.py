@@ -1,7 +1,8 @@
 """Latency / throughput sweeps with timm as the peer: ``run_bench(BenchConfig(...)) -> BenchReport``.
 
 ``results`` (what is asked and recorded) < ``budget``, ``peers`` (timm), ``exports`` (child processes),
-``runners`` (the product paths) < ``sweep`` < ``report``/``plots``; timing itself is ``swinv2_serve.timing``.
+``candidates`` (the product paths, built once: shared with ``optimize``) < ``runners`` < ``sweep`` <
+``report``/``plots``; timing itself is ``swinv2_serve.timing``.
 """
 
 from .budget import estimate_memory_bytes

@@ -12,7 +12,7 @@ import numpy as np
 from .results import TIMM, BenchResult
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +23,7 @@ def _pyplot() -> Any:
 
 def plot_latency_vs_resolution(results: Sequence[BenchResult], path: Path) -> Path:
     """p50 latency (log y, bars to p90) against resolution: one line per backend, one panel per batch."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = [r for r in results if r.status == "ok" and r.p50_ms]
     batches = sorted({r.batch for r in ok}) or [1]
     fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4.2), squeeze=False)
@@ -54,7 +54,7 @@ def plot_latency_vs_resolution(results: Sequence[BenchResult], path: Path) -> Pa
 
 def plot_throughput_vs_batch(results: Sequence[BenchResult], path: Path) -> Path:
     """Images/s against batch: one panel per backend, one line per resolution (timm dashed)."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = [r for r in results if r.status == "ok" and r.images_per_s]
     backends = sorted({(r.backend, r.precision) for r in ok}) or [("none", "fp32")]
     cols = min(3, len(backends))

@@ -195,24 +195,24 @@ class _Sweep:
         self.runner_errors = {}
         img = cfg.img_size[0]
         compare_timm = self.compare_here(img)
-        model = self.model if cfg == self.base else resize_model(self.model, img_size=cfg.img_size,
-                                                                 window_size=cfg.window_size)
+        # the train-time model at this geometry, for the torch runners only (ONNX backends run the export)
+        model = None if "torch" not in runnable else self.model if cfg == self.base else resize_model(
+            self.model, img_size=cfg.img_size, window_size=cfg.window_size)
         for backend in runnable:
             for precision in self.config.precisions:
                 if (backend, precision) in self.precision_skips:
                     continue
                 peers = [TIMM] if compare_timm and backend in TIMM_PEERS else []
                 try:
-                    runners += self._make_runners(backend, precision, peers, model, paths, stack, workdir)
+                    runners += self._make_runners(backend, precision, peers, cfg, model, paths, stack, workdir)
                 except Exception as exc:  # noqa: BLE001 - recorded per cell, the sweep goes on
                     for impl in [OURS, *peers]:
                         self.runner_errors[(backend, impl, precision)] = f"{type(exc).__name__}: {exc}"[:500]
                     print(f"bench: {backend}/{precision} at {img}px: {exc}", file=sys.stderr)
         return runners
 
-    def _make_runners(self, backend: str, precision: str, peers: list[str], model: SwinV2,
+    def _make_runners(self, backend: str, precision: str, peers: list[str], cfg: SwinV2Config, model: SwinV2 | None,
                       paths: dict[str, Path | None], stack: contextlib.ExitStack, workdir: Path) -> list[Runner]:
-        cfg = model.cfg
         ours = paths[OURS]
         if backend in ONNX_BACKENDS and ours is None:
             raise RuntimeError(f"our ONNX export failed at {cfg.img_size[0]}px (see exports)")
@@ -234,6 +234,7 @@ class _Sweep:
             return int8_runners(ours, paths[TIMM] if peers else None, self.config.calibration, self.threads, workdir)
         runners = [ours_runner(backend, precision, model, ours, self.threads)]
         if peers and backend == "torch":
+            assert model is not None
             runners.append(timm_torch_runner(cfg, model.state_dict(), precision))
         elif peers and paths[TIMM] is not None:
             runners.append(timm_onnx_runner(backend, precision, paths[TIMM], self.threads))

@@ -32,6 +32,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -311,3 +312,66 @@ def _recorded_fidelity(record: dict[str, Any] | None, path: Path) -> Verdict | N
                     "with fp32 is unknown", path.name)
         return None
     return Verdict.from_dict(record["fidelity"])
+
+
+# -- per-layer profile (PERF_COUNT) ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerTime:
+    """One executed node of a compiled model: OpenVINO's name, type and kernel, and its mean ms per inference."""
+
+    name: str
+    node_type: str
+    exec_type: str  # the kernel: brgemm_avx512_amx_int8, jit_avx512_bf16, ref_any_f32 ...
+    ms: float
+
+
+def layer_times(model: Any, x: np.ndarray, *, precision: str = "fp32", threads: int | None = None, iters: int = 10,
+                warmup: int = 3) -> tuple[float, list[LayerTime]]:
+    """OpenVINO's per-layer counters (``PERF_COUNT``) of ``model`` (an ``ov.Model`` or a file) on ``x``.
+
+    ``precision`` is the compile hint (fp32/bf16; an int8 model's float ops). Returns the median wall ms of the
+    profiled calls and each executed node's mean ms over them (the counters slow a call down a little).
+    """
+    ov = require_openvino()
+    core = ov.Core()
+    if not isinstance(model, ov.Model):
+        model = core.read_model(os.fspath(model))
+    props = {**compile_properties(precision, "latency", threads, None), "PERF_COUNT": True}
+    compiled = core.compile_model(model, DEVICE, props)
+    request = compiled.create_infer_request()
+    for _ in range(warmup):
+        request.infer({0: x})
+    walls: list[float] = []
+    calls: list[list[LayerTime]] = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        request.infer({0: x})
+        walls.append((time.perf_counter() - start) * 1000.0)
+        calls.append(executed_layers(request))
+    return float(np.median(walls)), mean_layer_times(calls)
+
+
+def executed_layers(request: Any) -> list[LayerTime]:
+    """The nodes the last inference of ``request`` (compiled with ``PERF_COUNT``) executed, with their ms."""
+    return [LayerTime(info.node_name, info.node_type, info.exec_type, info.real_time.total_seconds() * 1000.0)
+            for info in request.get_profiling_info() if info.status == info.Status.EXECUTED]
+
+
+def mean_layer_times(calls: Sequence[Sequence[LayerTime]]) -> list[LayerTime]:
+    """Each node's mean ms over several inferences' ``executed_layers``, slowest first."""
+    totals: dict[tuple[str, str, str], float] = {}
+    for call in calls:
+        for t in call:
+            key = (t.name, t.node_type, t.exec_type)
+            totals[key] = totals.get(key, 0.0) + t.ms
+    layers = [LayerTime(name, node_type, exec_type, ms / max(1, len(calls)))
+              for (name, node_type, exec_type), ms in totals.items()]
+    return sorted(layers, key=lambda t: -t.ms)
+
+
+def layer_summary(layers: Sequence[LayerTime]) -> list[tuple[str, str, int, float]]:
+    """(node type, kernel, count, total ms) per kind of layer, slowest first."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for layer in layers:
+        groups.setdefault((layer.node_type, layer.exec_type), []).append(layer.ms)
+    return sorted(((t, e, len(ms), sum(ms)) for (t, e), ms in groups.items()), key=lambda row: -row[3])

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "bench": "latency / throughput across resolutions, batches and backends",
     "train": "fine-tune or SimMIM-pretrain a SwinV2",
     "demo": "train, export, serve, classify and benchmark end to end on this machine",
+    "engine": "build the missing TensorRT engines of a repository on this GPU (the container's entrypoint)",
     "kube": "Kubernetes / KServe manifests (Kustomize base + gpu/cpu overlays) for a model repository",
     "evaluate": "top-1/top-5 on a labelled folder for several formats (and a served model) side by side",
     "optimize": "find the fastest path that keeps the model's answers on this machine, and write its repository",

@@ -161,8 +161,9 @@ class Preprocess:
                 new_w, new_h = th, int(th * h / w)
             else:
                 new_w, new_h = int(th * w / h), th
-        else:
-            new_w, new_h = tw, th
+        else:  # non-square: keep the aspect ratio, cover the target, crop the rest (timm's ResizeKeepRatio)
+            ratio = min(h / th, w / tw)
+            new_w, new_h = round(w / ratio), round(h / ratio)
         if (new_w, new_h) != (w, h):
             image = image.resize((new_w, new_h), resample)
         ch, cw = self.img_size
